@@ -1,0 +1,1 @@
+"""Data layer: readers, row validation with quarantine, dataset versions, splits."""

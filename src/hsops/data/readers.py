@@ -1,0 +1,201 @@
+"""Readers for labelled tables (CSV, JSONL, Parquet; optionally gzipped) with a column map.
+
+A reader yields one :class:`RawRow` per data row and never stops at a bad row: a row it
+cannot decode or parse comes out with ``problem`` set, so validation can quarantine it
+with its reason while every good row goes on. Problems with the file as a whole (missing,
+empty, no data rows, the named columns absent) raise :class:`DataFileError` with a
+message that says what to do.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+# Descriptions longer than this are rejected by validation, but the reader must still get
+# past them (Python's csv module stops at 128 KiB by default).
+csv.field_size_limit(64 * 1024 * 1024)
+
+TEXT_CANDIDATES = ("goods_description", "description", "text", "product_name", "title")
+LABEL_CANDIDATES = ("hs_code", "hscode", "hs6", "code", "label")
+FORMATS = ("csv", "tsv", "jsonl", "parquet")
+
+
+class DataFileError(ValueError):
+    """The file as a whole cannot be read as a labelled table."""
+
+
+@dataclass(slots=True)
+class RawRow:
+    number: int  # 1-based data row number (header excluded)
+    text: object
+    label: object
+    record: dict  # the row as read, for the quarantine file
+    problem: str | None = None  # set when the row itself could not be read
+
+
+def detect_format(path: Path) -> str:
+    name = path.name.lower().removesuffix(".gz")
+    for suffix, fmt in ((".csv", "csv"), (".tsv", "tsv"), (".jsonl", "jsonl"),
+                        (".ndjson", "jsonl"), (".parquet", "parquet")):
+        if name.endswith(suffix):
+            return fmt
+    raise DataFileError(
+        f"{path.name}: cannot tell the format from the name; use .csv, .tsv, .jsonl or .parquet "
+        "(optionally .gz), or pass --format"
+    )
+
+
+def pick_column(columns: list[str], wanted: str | None, candidates: tuple[str, ...], role: str,
+                flag: str) -> str:
+    if wanted is not None:
+        if wanted not in columns:
+            raise DataFileError(f"no {role} column {wanted!r}; the file has columns {columns}")
+        return wanted
+    lowered = {c.lower(): c for c in columns}
+    for candidate in candidates:
+        if candidate in lowered:
+            return lowered[candidate]
+    raise DataFileError(f"cannot find a {role} column among {columns}; name it with {flag}")
+
+
+def _open_binary(path: Path):
+    if not path.exists():
+        raise DataFileError(f"{path}: no such file")
+    if not path.is_file():
+        raise DataFileError(f"{path}: not a regular file")
+    if path.stat().st_size == 0:
+        raise DataFileError(f"{path.name}: the file is empty")
+    if path.name.lower().endswith(".gz"):
+        return gzip.open(path, "rb")
+    return open(path, "rb")
+
+
+def _has_undecodable(*values: object) -> bool:
+    # surrogateescape turns each undecodable byte into a lone surrogate U+DC80..U+DCFF
+    return any(isinstance(v, str) and any("\udc80" <= ch <= "\udcff" for ch in v) for v in values)
+
+
+def _printable(record: dict) -> dict:
+    """The record with undecodable bytes shown as \\xNN, safe to write as JSON."""
+    out = {}
+    for key, value in record.items():
+        if isinstance(value, str):
+            value = value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        out[str(key)] = value
+    return out
+
+
+def _read_delimited(path: Path, delimiter: str, text_column: str | None,
+                    label_column: str | None) -> Iterator[RawRow]:
+    with _open_binary(path) as raw:
+        stream = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
+        reader = csv.reader(stream, delimiter=delimiter)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise DataFileError(f"{path.name}: the file is empty") from None
+        except csv.Error as exc:
+            raise DataFileError(f"{path.name}: unreadable header ({exc})") from None
+        header = [h.strip() for h in header]
+        if not any(header):
+            raise DataFileError(f"{path.name}: the first line is blank; expected a header row")
+        text_col = pick_column(header, text_column, TEXT_CANDIDATES, "description", "--text-column")
+        label_col = pick_column(header, label_column, LABEL_CANDIDATES, "code", "--label-column")
+        ti, li = header.index(text_col), header.index(label_col)
+        number = 0
+        while True:
+            try:
+                fields = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                number += 1
+                yield RawRow(number, None, None, {"line": reader.line_num}, f"malformed CSV: {exc}")
+                continue
+            if not fields or (len(fields) == 1 and not fields[0].strip()):
+                continue  # a blank line is not a row
+            number += 1
+            record = dict(zip(header, fields))
+            if len(fields) != len(header):
+                yield RawRow(number, None, None, _printable({"fields": fields}),
+                             f"row has {len(fields)} fields, the header has {len(header)}")
+            elif _has_undecodable(*fields):
+                yield RawRow(number, None, None, _printable(record), "row has bytes that are not UTF-8")
+            else:
+                yield RawRow(number, fields[ti], fields[li], record)
+        if number == 0:
+            raise DataFileError(f"{path.name}: the file has a header but no data rows")
+
+
+def _read_jsonl(path: Path, text_column: str | None, label_column: str | None) -> Iterator[RawRow]:
+    with _open_binary(path) as raw:
+        stream = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline=None)
+        number = 0
+        columns: tuple[str, str] | None = None
+        for line in stream:
+            if not line.strip():
+                continue
+            number += 1
+            if _has_undecodable(line):
+                yield RawRow(number, None, None, _printable({"line": line[:2000]}), "row has bytes that are not UTF-8")
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError as exc:
+                yield RawRow(number, None, None, {"line": line[:2000]}, f"not valid JSON: {exc}")
+                continue
+            if not isinstance(obj, dict):
+                yield RawRow(number, None, None, {"line": line[:2000]}, "a JSONL row must be an object")
+                continue
+            if columns is None:  # the first object plays the header's part
+                keys = list(obj)
+                columns = (
+                    pick_column(keys, text_column, TEXT_CANDIDATES, "description", "--text-column"),
+                    pick_column(keys, label_column, LABEL_CANDIDATES, "code", "--label-column"),
+                )
+            yield RawRow(number, obj.get(columns[0]), obj.get(columns[1]), obj)
+        if number == 0:
+            raise DataFileError(f"{path.name}: the file has no rows")
+
+
+def _read_parquet(path: Path, text_column: str | None, label_column: str | None) -> Iterator[RawRow]:
+    import pyarrow.parquet as pq
+
+    _open_binary(path).close()  # same messages for missing and empty files
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises several types for a corrupt file
+        raise DataFileError(f"{path.name}: not a readable Parquet file ({exc})") from None
+    columns = parquet.schema_arrow.names
+    text_col = pick_column(columns, text_column, TEXT_CANDIDATES, "description", "--text-column")
+    label_col = pick_column(columns, label_column, LABEL_CANDIDATES, "code", "--label-column")
+    number = 0
+    for batch in parquet.iter_batches(columns=[text_col, label_col], batch_size=10_000):
+        texts, labels = batch.column(0).to_pylist(), batch.column(1).to_pylist()
+        for text, label in zip(texts, labels):
+            number += 1
+            yield RawRow(number, text, label, {text_col: text, label_col: label})
+    if number == 0:
+        raise DataFileError(f"{path.name}: the file has no rows")
+
+
+def read_table(path: str | Path, *, text_column: str | None = None, label_column: str | None = None,
+               fmt: str | None = None) -> Iterator[RawRow]:
+    """Yield every data row of ``path``; see the module docstring for error handling."""
+    path = Path(path)
+    fmt = fmt or detect_format(path)
+    if fmt == "csv":
+        return _read_delimited(path, ",", text_column, label_column)
+    if fmt == "tsv":
+        return _read_delimited(path, "\t", text_column, label_column)
+    if fmt == "jsonl":
+        return _read_jsonl(path, text_column, label_column)
+    if fmt == "parquet":
+        return _read_parquet(path, text_column, label_column)
+    raise DataFileError(f"unknown format {fmt!r}; choose one of {FORMATS}")

@@ -1,0 +1,105 @@
+"""Exported model artifacts: a directory of plain files plus a SHA-256 manifest.
+
+An artifact holds only JSON, npz (loaded with ``allow_pickle=False``), ONNX or
+safetensors files; ``manifest.json`` lists each with its SHA-256 and size. Loading
+verifies every file first, so a truncated copy or a tampered weight file is refused
+before any of it is parsed.
+
+Artifacts are written to a staging directory and then renamed into a content-addressed
+place (``<root>/<manifest digest>``), so a crash mid-export never leaves a half-written
+model where a reader could find it, and exporting the same model twice is a no-op.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+MANIFEST = "manifest.json"
+ALLOWED_SUFFIXES = {".json", ".npz", ".onnx", ".safetensors", ".txt"}
+
+
+class ArtifactError(RuntimeError):
+    """An artifact directory that is incomplete, tampered with or of a forbidden type."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_manifest(directory: Path, metadata: dict) -> dict:
+    """Hash every file in ``directory`` into ``manifest.json`` (with ``metadata``)."""
+    directory = Path(directory)
+    files = {}
+    for path in sorted(directory.iterdir()):
+        if path.name == MANIFEST:
+            continue
+        if not path.is_file() or path.suffix not in ALLOWED_SUFFIXES:
+            raise ArtifactError(f"{path.name}: only plain files of types {sorted(ALLOWED_SUFFIXES)} may be exported")
+        files[path.name] = {"sha256": _sha256(path), "bytes": path.stat().st_size}
+    manifest = {"format": "hsops.artifact/1", "files": files, "metadata": metadata}
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
+    return manifest
+
+
+def manifest_digest(directory: Path) -> str:
+    return _sha256(Path(directory) / MANIFEST)
+
+
+def verify(directory: Path) -> dict:
+    """Check every file against the manifest; return the manifest or raise ArtifactError."""
+    directory = Path(directory)
+    manifest_path = directory / MANIFEST
+    if not manifest_path.is_file():
+        raise ArtifactError(f"{directory}: no {MANIFEST}; not an hsops artifact")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        files = manifest["files"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ArtifactError(f"{manifest_path}: unreadable manifest ({exc})") from exc
+    present = {p.name for p in directory.iterdir() if p.name != MANIFEST}
+    if extra := present - set(files):
+        raise ArtifactError(f"{directory}: files not in the manifest: {sorted(extra)}")
+    for name, entry in files.items():
+        path = directory / name
+        if Path(name).suffix not in ALLOWED_SUFFIXES or Path(name).name != name:
+            raise ArtifactError(f"{name}: forbidden file in manifest")
+        if not path.is_file():
+            raise ArtifactError(f"{directory}: {name} is listed in the manifest but missing")
+        if _sha256(path) != entry["sha256"]:
+            raise ArtifactError(f"{directory}: {name} does not match its SHA-256 in the manifest")
+    return manifest
+
+
+def publish(staging: Path, root: Path) -> Path:
+    """Move a finished staging directory (with manifest) to ``root/<digest>`` atomically."""
+    staging, root = Path(staging), Path(root)
+    verify(staging)
+    final = root / manifest_digest(staging)
+    root.mkdir(parents=True, exist_ok=True)
+    if final.exists():  # same content already published
+        shutil.rmtree(staging, ignore_errors=True)
+        return final
+    try:
+        os.rename(staging, final)
+    except OSError:  # staging on another filesystem: copy next to root, then rename
+        tmp = Path(tempfile.mkdtemp(prefix=".incoming-", dir=root))
+        shutil.copytree(staging, tmp, dirs_exist_ok=True)
+        os.rename(tmp, final)
+        shutil.rmtree(staging, ignore_errors=True)
+    return final
+
+
+def staging_dir(root: Path) -> Path:
+    """A fresh staging directory on the same filesystem as ``root`` (for atomic rename)."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=".staging-", dir=root))

@@ -1,0 +1,106 @@
+"""The Classifier contract every model kind implements (scikit-learn style).
+
+* the constructor takes only keyword hyper-parameters and stores them unchanged;
+* ``fit(texts, labels) -> self``; ``predict_proba(texts) -> ndarray[n, n_classes]`` with
+  rows summing to 1, columns in the order of ``classes_``;
+* ``save(dir)`` writes plain files only (JSON, npz, ONNX, safetensors; never a pickle)
+  and ``load(dir)`` reads them back to a model with identical predictions.
+
+Kinds are found by name: the built-ins below plus any plug-in registered under the
+``hsops.models`` entry-point group, so a third-party model passes the same conformance
+suite and serves through the same Predictor.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from abc import ABC, abstractmethod
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import numpy as np
+
+MODEL_FILE = "model.json"
+
+
+class NotFittedError(RuntimeError):
+    pass
+
+
+class Classifier(ABC):
+    kind: str = "abstract"
+    classes_: np.ndarray
+
+    def get_params(self) -> dict:
+        names = [p.name for p in inspect.signature(type(self).__init__).parameters.values()
+                 if p.kind is p.KEYWORD_ONLY]
+        return {name: getattr(self, name) for name in names}
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({params})"
+
+    @abstractmethod
+    def fit(self, texts: list[str], labels: list[str]) -> "Classifier": ...
+
+    @abstractmethod
+    def predict_proba(self, texts: list[str]) -> np.ndarray: ...
+
+    def predict(self, texts: list[str]) -> np.ndarray:
+        return self.classes_[np.argmax(self.predict_proba(texts), axis=1)]
+
+    @abstractmethod
+    def save(self, directory: Path) -> None: ...
+
+    @classmethod
+    @abstractmethod
+    def load(cls, directory: Path) -> "Classifier": ...
+
+
+def check_training_input(texts: list[str], labels: list[str]) -> None:
+    if len(texts) != len(labels):
+        raise ValueError(f"{len(texts)} texts but {len(labels)} labels")
+    if len(texts) == 0:
+        raise ValueError("cannot fit on no examples")
+    if len(set(labels)) < 2:
+        raise ValueError("need at least two distinct classes to fit a classifier")
+
+
+def write_model_json(directory: Path, kind: str, params: dict, classes: np.ndarray, **extra) -> None:
+    body = {"kind": kind, "params": params, "classes": [str(c) for c in classes], **extra}
+    (Path(directory) / MODEL_FILE).write_text(json.dumps(body), encoding="utf-8")
+
+
+def read_model_json(directory: Path) -> dict:
+    return json.loads((Path(directory) / MODEL_FILE).read_text(encoding="utf-8"))
+
+
+def _builtin_kinds() -> dict[str, str]:
+    return {"linear": "hsops.models.linear:TfidfLinearClassifier"}
+
+
+def model_kinds() -> dict[str, str]:
+    """Kind name -> 'module:Class', built-ins first, then entry-point plug-ins."""
+    kinds = dict(_builtin_kinds())
+    for ep in entry_points(group="hsops.models"):
+        kinds.setdefault(ep.name, ep.value)
+    return kinds
+
+
+def model_class(kind: str) -> type[Classifier]:
+    kinds = model_kinds()
+    if kind not in kinds:
+        raise ValueError(f"unknown model kind {kind!r}; known kinds: {sorted(kinds)}")
+    module_name, _, attr = kinds[kind].partition(":")
+    module = __import__(module_name, fromlist=[attr])
+    return getattr(module, attr)
+
+
+def create(kind: str, **params) -> Classifier:
+    return model_class(kind)(**params)
+
+
+def load_model(directory: Path) -> Classifier:
+    """Load any saved model by the kind recorded in its ``model.json``."""
+    return model_class(read_model_json(directory)["kind"]).load(directory)
