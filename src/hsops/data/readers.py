@@ -81,14 +81,25 @@ def _has_undecodable(*values: object) -> bool:
     return any(isinstance(v, str) and any("\udc80" <= ch <= "\udcff" for ch in v) for v in values)
 
 
+def _escape(value: object) -> object:
+    """Undecodable bytes shown as \\xNN, so the text can be written as UTF-8 JSON."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return value
+
+
 def _printable(record: dict) -> dict:
     """The record with undecodable bytes shown as \\xNN, safe to write as JSON."""
-    out = {}
-    for key, value in record.items():
-        if isinstance(value, str):
-            value = value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-        out[str(key)] = value
-    return out
+    return {str(_escape(key)): _escape(value) for key, value in record.items()}
+
+
+def _has_lone_surrogate(obj: object) -> bool:
+    # JSON may spell an unpaired surrogate as an escape ("\\ud800"): valid JSON, not text
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _read_delimited(path: Path, delimiter: str, text_column: str | None,
@@ -102,7 +113,8 @@ def _read_delimited(path: Path, delimiter: str, text_column: str | None,
             raise DataFileError(f"{path.name}: the file is empty") from None
         except csv.Error as exc:
             raise DataFileError(f"{path.name}: unreadable header ({exc})") from None
-        header = [h.strip() for h in header]
+        # a header with non-UTF-8 bytes would make every quarantined record unwritable
+        header = [_escape(h).strip() for h in header]
         if not any(header):
             raise DataFileError(f"{path.name}: the first line is blank; expected a header row")
         text_col = pick_column(header, text_column, TEXT_CANDIDATES, "description", "--text-column")
@@ -152,6 +164,10 @@ def _read_jsonl(path: Path, text_column: str | None, label_column: str | None) -
                 continue
             if not isinstance(obj, dict):
                 yield RawRow(number, None, None, {"line": line[:2000]}, "a JSONL row must be an object")
+                continue
+            if "\\u" in line and _has_lone_surrogate(obj):
+                yield RawRow(number, None, None, {"line": line[:2000]},
+                             "row has a \\u escape that is not UTF-8 text (an unpaired surrogate)")
                 continue
             if columns is None:  # the first object plays the header's part
                 keys = list(obj)

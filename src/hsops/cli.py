@@ -1,0 +1,340 @@
+"""The ``hsops`` command. Every command that reports takes ``--json`` for machines.
+
+Heavy libraries (MLflow, the training stack) are imported inside the commands that need
+them, so ``hsops --help`` and ``hsops predict`` start quickly.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from hsops._config import hsops_home
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Serverless MLOps for HS code prediction: ingest, train, evaluate, serve.")
+models_app = typer.Typer(help="The model registry: versions, metrics, aliases.", invoke_without_command=True)
+app.add_typer(models_app, name="models")
+console = Console()
+err = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def _emit_json(payload) -> None:
+    sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
+
+
+def _parse_params(pairs: list[str]) -> dict:
+    params = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            _fail(f"--param takes KEY=VALUE, got {pair!r}")
+        try:
+            params[key] = json.loads(value)
+        except ValueError:
+            params[key] = value
+    return params
+
+
+# -- ingest ---------------------------------------------------------------------------------
+def run_ingest(path: Path, text_column, label_column, fmt, quiet: bool):
+    from rich.progress import Progress, SpinnerColumn, TextColumn
+
+    from hsops.data.ingest import ingest_file
+    from hsops.data.readers import DataFileError
+
+    try:
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=err,
+                      disable=quiet, transient=True) as progress:
+            task = progress.add_task(f"reading {path.name}", total=None)
+            report = ingest_file(path, hsops_home(), text_column=text_column, label_column=label_column,
+                                 fmt=fmt, on_progress=lambda n: progress.update(
+                                     task, description=f"reading {path.name}: {n:,} rows"))
+    except DataFileError as exc:
+        _fail(str(exc))
+    return report
+
+
+@app.command()
+def ingest(path: Path = typer.Argument(..., help="CSV, TSV, JSONL or Parquet file (optionally .gz)"),
+           text_column: Optional[str] = typer.Option(None, help="column with the description"),
+           label_column: Optional[str] = typer.Option(None, help="column with the HS code"),
+           fmt: Optional[str] = typer.Option(None, "--format", help="csv, tsv, jsonl or parquet"),
+           as_json: bool = typer.Option(False, "--json", help="print the report as JSON")):
+    """Validate a labelled file row by row, quarantine bad rows, store a dataset version."""
+    from hsops.training.report import ingest_table
+
+    report = run_ingest(path, text_column, label_column, fmt, as_json).to_dict()
+    if as_json:
+        _emit_json(report)
+    else:
+        console.print(ingest_table(report))
+    if report["accepted"] == 0:
+        raise typer.Exit(1)
+
+
+# -- train ----------------------------------------------------------------------------------
+def run_train(dataset_version: str, kind: str, params: dict, target_accuracy: float, alias: Optional[str],
+              quiet: bool):
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from hsops.data.datasets import load_dataset
+    from hsops.registry.mlflow_registry import Registry
+    from hsops.training.train import train
+
+    home = hsops_home()
+    dataset = load_dataset(home, dataset_version)
+    epochs = params.get("epochs", 0)
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
+                  TimeElapsedColumn(), console=err, disable=quiet, transient=True) as progress:
+        task = progress.add_task(f"training {kind}", total=epochs or None, info="")
+
+        def on_progress(stage: str, info: dict):
+            if stage == "epoch":
+                shown = ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in info.items())
+                progress.update(task, advance=1, info=shown)
+            else:
+                progress.update(task, description=f"{stage} ({kind})")
+
+        result = train(dataset, home, kind=kind, params=params, target_accuracy=target_accuracy,
+                       on_progress=on_progress)
+        progress.update(task, description="registering")
+        registry = Registry(home)
+        if alias == "auto":
+            has_champion = "champion" in _aliases(home)
+            alias = "challenger" if has_champion else "champion"
+        version = registry.register(result, alias=alias)
+    return result, version, alias
+
+
+def _aliases(home: Path) -> dict:
+    from hsops.registry.index import DEFAULT_MODEL, read_index
+
+    return read_index(home).get("models", {}).get(DEFAULT_MODEL, {}).get("aliases", {})
+
+
+@app.command("train")
+def train_cmd(dataset: Optional[str] = typer.Option(None, help="dataset version (default: the latest ingested)"),
+              data: Optional[Path] = typer.Option(None, help="ingest this file first, then train on it"),
+              text_column: Optional[str] = typer.Option(None), label_column: Optional[str] = typer.Option(None),
+              kind: str = typer.Option("linear", "--model", "--kind", help="model kind"),
+              param: list[str] = typer.Option([], help="hyper-parameter KEY=VALUE (repeatable)"),
+              target_accuracy: float = typer.Option(0.9, help="accuracy the abstention threshold aims for"),
+              alias: str = typer.Option("auto", help="champion, challenger, none, or auto (champion if none yet)"),
+              as_json: bool = typer.Option(False, "--json")):
+    """Train a model on a dataset version, calibrate, evaluate on the test split, register."""
+    from hsops.data.datasets import DatasetNotFound, list_versions
+    from hsops.models.base import model_kinds
+    from hsops.training.report import metrics_table
+
+    if kind not in model_kinds():
+        _fail(f"unknown model kind {kind!r}; known: {sorted(model_kinds())}")
+    if not 0 < target_accuracy < 1:
+        _fail("--target-accuracy must be between 0 and 1")
+    if alias not in ("auto", "none", "champion", "challenger"):
+        _fail("--alias must be champion, challenger, none or auto")
+    if data is not None:
+        dataset = run_ingest(data, text_column, label_column, None, as_json).dataset_version
+        if dataset is None:
+            _fail(f"{data}: no valid rows to train on")
+    elif dataset is None:
+        versions = list_versions(hsops_home())
+        if not versions:
+            _fail("no dataset yet: run `hsops ingest FILE` or pass --data FILE")
+        dataset = versions[0]
+    try:
+        result, version, alias_set = run_train(dataset, kind, _parse_params(param), target_accuracy,
+                                                None if alias == "none" else alias, as_json)
+    except (DatasetNotFound, ValueError, TypeError) as exc:
+        _fail(str(exc))
+    payload = {"version": version, "alias": alias_set, **result.to_dict()}
+    if as_json:
+        _emit_json(payload)
+        return
+    console.print(metrics_table(result.test_metrics, f"{kind} on the test split of {dataset}"))
+    console.print(f"trained in {result.train_seconds:.1f}s; registered as hs-classifier@{version}"
+                  + (f" ({alias_set})" if alias_set else ""))
+
+
+# -- evaluate -------------------------------------------------------------------------------
+@app.command()
+def evaluate(model: str = typer.Option("champion", help="champion, challenger or NAME@VERSION"),
+             data: Optional[Path] = typer.Option(None, help="labelled file (default: the model's test split)"),
+             text_column: Optional[str] = typer.Option(None), label_column: Optional[str] = typer.Option(None),
+             fmt: Optional[str] = typer.Option(None, "--format"),
+             as_json: bool = typer.Option(False, "--json")):
+    """Score a registered model on a labelled file, or on its own test split."""
+    from hsops.data.datasets import DatasetNotFound, load_dataset
+    from hsops.data.ingest import IngestReport  # noqa: F401  (keeps import errors early)
+    from hsops.data.readers import DataFileError, read_table
+    from hsops.data.validation import LabeledRow, validate_row
+    from hsops.models.artifact import ArtifactError
+    from hsops.registry.index import ModelNotFound, resolve
+    from hsops.training.model_io import evaluate_artifact
+    from hsops.training.report import metrics_table
+
+    home = hsops_home()
+    try:
+        resolved = resolve(home, model)
+    except ModelNotFound as exc:
+        _fail(str(exc))
+    rejected: dict[str, int] = {}
+    if data is None:
+        try:
+            texts, labels = load_dataset(home, resolved.info["dataset_version"]).part("test")
+        except DatasetNotFound as exc:
+            _fail(str(exc))
+        source = f"test split of {resolved.info['dataset_version']}"
+    else:
+        texts, labels = [], []
+        try:
+            for raw in read_table(data, text_column=text_column, label_column=label_column, fmt=fmt):
+                row = validate_row(raw)
+                if isinstance(row, LabeledRow):
+                    texts.append(row.text)
+                    labels.append(row.code.full)
+                else:
+                    rejected[row.reason] = rejected.get(row.reason, 0) + 1
+        except DataFileError as exc:
+            _fail(str(exc))
+        source = str(data)
+    if not texts:
+        _fail(f"no valid labelled rows to evaluate in {source} (rejected: {rejected})")
+    try:
+        metrics = evaluate_artifact(resolved.artifact_dir, texts, labels)
+    except ArtifactError as exc:
+        _fail(str(exc))
+    payload = {"model": resolved.label, "data": source, "rows_rejected": sum(rejected.values()),
+               "rejected_reasons": rejected, **metrics}
+    if as_json:
+        _emit_json(payload)
+        return
+    console.print(metrics_table(metrics, f"{resolved.label} on {source}"))
+    if rejected:
+        console.print(f"{sum(rejected.values()):,} rows could not be scored: {rejected}")
+
+
+# -- predict --------------------------------------------------------------------------------
+@app.command()
+def predict(texts: list[str] = typer.Argument(..., help="one or more product descriptions"),
+            model: str = typer.Option("champion", help="champion, challenger or NAME@VERSION"),
+            top_k: int = typer.Option(3, min=1, max=20), explain: bool = typer.Option(False),
+            as_json: bool = typer.Option(False, "--json")):
+    """Predict HS codes for descriptions with a registered model (no server needed)."""
+    from hsops.data.validation import check_text
+    from hsops.models.artifact import ArtifactError
+    from hsops.registry.index import ModelNotFound
+    from hsops.serving.predictor import Predictor
+
+    for i, text in enumerate(texts):
+        if check_text(text)[0] is None:
+            _fail(f"description {i}: {check_text(text)[2]}")
+    try:
+        predictor = Predictor.from_registry(hsops_home(), model)
+    except (ModelNotFound, ArtifactError) as exc:
+        _fail(str(exc))
+    predictions = predictor.predict(list(texts), top_k=top_k, explain=explain)
+    if as_json:
+        _emit_json([{"description": t, **_as_dict(p)} for t, p in zip(texts, predictions)])
+        return
+    console.print(predictions_table(list(texts), [_as_dict(p) for p in predictions]))
+
+
+def _as_dict(prediction) -> dict:
+    from dataclasses import asdict, is_dataclass
+
+    return asdict(prediction) if is_dataclass(prediction) else dict(prediction)
+
+
+def predictions_table(texts: list[str], predictions: list[dict]) -> Table:
+    table = Table(title=f"Predictions ({predictions[0]['model_version'] if predictions else ''})")
+    for col in ("description", "HS6", "HS text", "confidence", "next best"):
+        table.add_column(col, overflow="fold")
+    for text, p in zip(texts, predictions):
+        alternatives = ", ".join(f"{a['hs_code']} ({100 * a['confidence']:.0f}%)" for a in p["alternatives"][:2])
+        conf = f"{100 * p['confidence']:.0f}%" + (" [yellow]abstain[/]" if p["abstain"] else "")
+        table.add_row(text[:60], p["hs_code"], p["hs_description"][:70], conf, alternatives)
+    return table
+
+
+# -- serve ----------------------------------------------------------------------------------
+@app.command()
+def serve(host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000, min=1, max=65535),
+          model: str = typer.Option("champion", help="alias or NAME@VERSION to serve")):
+    """Serve the prediction API (OpenAPI at /docs) with the given model alias."""
+    import uvicorn
+
+    from hsops.platform.local.server import build_app
+
+    uvicorn.run(build_app(hsops_home(), model), host=host, port=port, log_level="info")
+
+
+# -- models ---------------------------------------------------------------------------------
+@models_app.callback()
+def models_list(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")):
+    """List registered model versions with metrics and aliases."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from hsops.registry.index import DEFAULT_MODEL, read_index
+
+    entry = read_index(hsops_home()).get("models", {}).get(DEFAULT_MODEL, {})
+    aliases = {v: a for a, v in entry.get("aliases", {}).items()}
+    rows = [{"name": DEFAULT_MODEL, "version": v, "alias": aliases.get(v), **info}
+            for v, info in sorted(entry.get("versions", {}).items(), key=lambda kv: int(kv[0]))]
+    if as_json:
+        _emit_json(rows)
+        return
+    if not rows:
+        console.print("no registered models yet: run `hsops train` (or `make demo`)")
+        return
+    table = Table(title="Registered models")
+    for col in ("version", "alias", "kind", "dataset", "HS6 top-1", "HS6 top-5", "created", "commit"):
+        table.add_column(col)
+    for r in rows:
+        m = r.get("metrics", {})
+        pct = lambda k: f"{100 * m[k]:.1f}%" if k in m else "-"  # noqa: E731
+        table.add_row(r["version"], r["alias"] or "", r.get("kind") or "", r.get("dataset_version") or "",
+                      pct("hs6_top1"), pct("hs6_top5"), r.get("created_at", ""), (r.get("git_commit") or "")[:8])
+    console.print(table)
+
+
+@models_app.command("promote")
+def models_promote(version: str = typer.Argument(..., help="version number to point the alias at"),
+                   alias: str = typer.Option("champion", help="champion or challenger"),
+                   reason: str = typer.Option("manual promotion", help="recorded in the audit log")):
+    """Point an alias (champion/challenger) at a version; recorded in the audit log."""
+    from hsops.registry.mlflow_registry import Registry
+
+    try:
+        Registry(hsops_home()).set_alias(alias, version, reason=reason)
+    except Exception as exc:  # MLflow raises its own types for unknown versions
+        _fail(str(exc).splitlines()[0])
+    console.print(f"{alias} -> hs-classifier@{version}")
+
+
+# -- demo -----------------------------------------------------------------------------------
+@app.command()
+def demo(as_json: bool = typer.Option(False, "--json")):
+    """The whole loop on real data: ingest, train, evaluate, register, serve, predict."""
+    from hsops.demo import run_demo
+
+    run_demo(console=console, as_json=as_json)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

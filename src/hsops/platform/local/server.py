@@ -1,0 +1,25 @@
+"""The local prediction server: the serving app wired to the registry and state store.
+
+Composition lives here, in the platform layer, because serving must not import the
+platform (dependencies point one way). ``app_from_env`` is the uvicorn factory used
+when the server runs as its own process (``hsops demo``, integration tests).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from hsops._config import hsops_home
+from hsops.platform.local.state_store import StateStore
+from hsops.serving.app import create_app
+from hsops.serving.registry_source import RegistryPredictorSource
+
+
+def build_app(home: Path, ref: str = "champion"):
+    return create_app(RegistryPredictorSource(home, ref), sink=StateStore(home))
+
+
+def app_from_env():
+    """uvicorn --factory entry: HSOPS_HOME and HSOPS_SERVE_MODEL from the environment."""
+    return build_app(hsops_home(), os.environ.get("HSOPS_SERVE_MODEL", "champion"))

@@ -1,0 +1,167 @@
+"""The local state store: one SQLite file (``HSOPS_HOME/state.db``) in WAL mode.
+
+Why SQLite in WAL mode: the API server, the pipeline workers and the CLI are separate
+processes on one machine; WAL lets them read while one writes, with no server to run.
+
+Why a connection per thread: a ``sqlite3`` connection must not be used by two threads
+at once, and the API logs predictions from FastAPI's thread pool. Each thread opens its
+own connection on first use (``threading.local``); SQLite serialises the writers, and
+``busy_timeout`` makes a writer wait for the lock instead of failing.
+
+The schema grows by appending a tuple of statements to ``MIGRATIONS`` (feedback,
+experiments, audit come in later issues): each entry runs once, in order, tracked by
+``PRAGMA user_version``, inside one ``BEGIN IMMEDIATE`` transaction so two processes
+opening a fresh file do not both migrate it.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+
+from hsops._config import hsops_home
+
+STATE_FILE = "state.db"
+
+MIGRATIONS: list[tuple[str, ...]] = [
+    # 1: the predictions log; request_id is what feedback refers to
+    (
+        """CREATE TABLE predictions (
+            request_id    TEXT PRIMARY KEY,
+            batch_id      TEXT,
+            created_at    TEXT NOT NULL,
+            text          TEXT NOT NULL,
+            hs_code       TEXT NOT NULL,
+            confidence    REAL NOT NULL,
+            abstain       INTEGER NOT NULL,
+            model_version TEXT NOT NULL,
+            alternatives  TEXT NOT NULL DEFAULT '[]'
+        )""",
+        "CREATE INDEX predictions_batch ON predictions (batch_id)",
+        "CREATE INDEX predictions_created ON predictions (created_at)",
+        "CREATE INDEX predictions_model ON predictions (model_version, created_at)",
+    ),
+]
+
+_PREDICTION_COLUMNS = ("request_id", "batch_id", "created_at", "text", "hs_code", "confidence",
+                       "abstain", "model_version", "alternatives")
+_REQUIRED = ("request_id", "text", "hs_code", "confidence", "abstain", "model_version")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+class StateStore:
+    """Runs, predictions, feedback, audit: the state of the local platform.
+
+    Implements ``hsops.serving.PredictionSink`` (``log_predictions``).
+    """
+
+    def __init__(self, path: Path | None = None, *, busy_timeout_ms: int = 10_000):
+        self.path = Path(path) if path is not None else hsops_home() / STATE_FILE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.busy_timeout_ms = busy_timeout_ms
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._all_lock = threading.Lock()
+        self._migrate()
+
+    def __repr__(self) -> str:
+        return f"StateStore({str(self.path)!r})"
+
+    # -- connections -------------------------------------------------------------------
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            # autocommit mode: transactions are explicit (BEGIN IMMEDIATE), never implicit
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")  # durable at checkpoints; safe with WAL
+            conn.execute("PRAGMA foreign_keys = ON")
+            self._local.conn = conn
+            with self._all_lock:
+                self._all.append(conn)
+        return conn
+
+    def close(self) -> None:
+        """Close every thread's connection (call once, when the process is done with it)."""
+        with self._all_lock:
+            for conn in self._all:
+                conn.close()
+            self._all.clear()
+        self._local = threading.local()
+
+    def _migrate(self) -> None:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            for number, statements in enumerate(MIGRATIONS[version:], start=version + 1):
+                for statement in statements:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {number}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    @property
+    def schema_version(self) -> int:
+        return self._conn().execute("PRAGMA user_version").fetchone()[0]
+
+    # -- predictions -------------------------------------------------------------------
+    def log_predictions(self, rows: list[dict]) -> int:
+        """Insert prediction rows; return how many were new.
+
+        A row whose ``request_id`` is already stored is skipped, so a retried delivery
+        logs once (handlers are at-least-once).
+        """
+        values = []
+        for i, row in enumerate(rows):
+            missing = [k for k in _REQUIRED if row.get(k) is None]
+            if missing:
+                raise ValueError(f"prediction row {i} lacks {missing}")
+            values.append((
+                str(row["request_id"]), row.get("batch_id"), row.get("created_at") or _now(),
+                str(row["text"]), str(row["hs_code"]), float(row["confidence"]),
+                int(bool(row["abstain"])), str(row["model_version"]),
+                json.dumps(row.get("alternatives") or []),
+            ))
+        if not values:
+            return 0
+        conn = self._conn()
+        placeholders = ", ".join("?" * len(_PREDICTION_COLUMNS))
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            before = conn.total_changes
+            conn.executemany(
+                f"INSERT INTO predictions ({', '.join(_PREDICTION_COLUMNS)}) VALUES ({placeholders}) "
+                "ON CONFLICT(request_id) DO NOTHING", values)
+            inserted = conn.total_changes - before
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return inserted
+
+    def get_prediction(self, request_id: str) -> dict | None:
+        row = self._conn().execute("SELECT * FROM predictions WHERE request_id = ?",
+                                   (request_id,)).fetchone()
+        if row is None:
+            return None
+        out = dict(row)
+        out["abstain"] = bool(out["abstain"])
+        out["alternatives"] = json.loads(out["alternatives"])
+        return out
+
+    def count_predictions(self, *, model_version: str | None = None) -> int:
+        if model_version is None:
+            return self._conn().execute("SELECT COUNT(*) FROM predictions").fetchone()[0]
+        return self._conn().execute("SELECT COUNT(*) FROM predictions WHERE model_version = ?",
+                                    (model_version,)).fetchone()[0]

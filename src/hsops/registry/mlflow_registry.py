@@ -1,0 +1,137 @@
+"""The model registry on MLflow (skinny, SQLite under ``HSOPS_HOME``).
+
+Every trained model becomes an MLflow run (parameters, metrics, dataset version, git
+commit, the artifact manifest) and a version of the registered model; aliases
+``champion`` and ``challenger`` point at versions. After each change the plain-JSON
+index (``registry/index.py``) is rewritten from MLflow so serving can resolve aliases
+without importing MLflow. Every alias move is written to the audit log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+from hsops.registry.index import ALIASES, DEFAULT_MODEL, read_index, write_index
+
+EXPERIMENT = "hsops"
+
+
+def _quiet_mlflow() -> None:
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+class Registry:
+    def __init__(self, home: Path):
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        import mlflow
+        from mlflow import MlflowClient
+
+        _quiet_mlflow()  # after the import: MLflow sets up its own logger on import
+
+        self.home = Path(home)
+        uri = f"sqlite:///{self.home / 'mlflow.db'}"
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        self._mlflow = mlflow
+        self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        experiment = self.client.get_experiment_by_name(EXPERIMENT)
+        self.experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(
+            EXPERIMENT, artifact_location=(self.home / "mlruns").as_uri())
+
+    # -- writing -------------------------------------------------------------------------
+    def register(self, result, *, name: str = DEFAULT_MODEL, alias: str | None = None) -> str:
+        """Log a TrainResult as a run and a new model version; return the version.
+
+        Idempotent: an artifact that is already registered (the same content address,
+        e.g. a deterministic re-training) returns its existing version.
+        """
+        from mlflow.exceptions import MlflowException
+
+        artifact_dir = Path(result.artifact_dir)
+        for existing in self.versions(name):
+            if (self.home / existing["artifact"]).resolve() == artifact_dir.resolve():
+                if alias:
+                    self.set_alias(alias, existing["version"], name=name, reason="re-registered")
+                return existing["version"]
+        tags = {"dataset_version": result.dataset_version, "model_kind": result.kind,
+                "git_commit": result.git_commit or "unknown", "artifact_dir": str(artifact_dir)}
+        with self._mlflow.start_run(experiment_id=self.experiment_id,
+                                    run_name=f"{result.kind}-{result.dataset_version}") as run:
+            self._mlflow.log_params({k: json.dumps(v) if not isinstance(v, (int, float, str)) else v
+                                     for k, v in result.params.items()})
+            self._mlflow.log_params({"target_accuracy": result.calibration["target_accuracy"]})
+            metrics = {f"test_{k}": v for k, v in result.test_metrics.items()
+                       if isinstance(v, (int, float)) and v is not None}
+            metrics |= {f"dev_{k}": v for k, v in result.dev_metrics.items()
+                        if isinstance(v, (int, float)) and v is not None}
+            metrics |= {"train_seconds": result.train_seconds,
+                        "temperature": result.calibration["temperature"],
+                        "abstain_threshold": result.calibration["threshold"]}
+            self._mlflow.log_metrics(metrics)
+            self._mlflow.set_tags(tags)
+            self._mlflow.log_artifact(str(artifact_dir / "manifest.json"))
+        try:
+            self.client.create_registered_model(name, description="HS6 classifier for customs descriptions")
+        except MlflowException:
+            pass  # already registered
+        version = self.client.create_model_version(name, source=str(artifact_dir), run_id=run.info.run_id,
+                                                   tags=tags).version
+        self._sync_index(name)
+        if alias:
+            self.set_alias(alias, str(version), name=name, reason="registered with alias")
+        return str(version)
+
+    def set_alias(self, alias: str, version: str, *, name: str = DEFAULT_MODEL, reason: str = "") -> None:
+        if alias not in ALIASES:
+            raise ValueError(f"unknown alias {alias!r}; use one of {ALIASES}")
+        self.client.get_model_version(name, version)  # raises when it does not exist
+        previous = read_index(self.home).get("models", {}).get(name, {}).get("aliases", {}).get(alias)
+        self.client.set_registered_model_alias(name, alias, version)
+        self._sync_index(name)
+        self._audit({"action": "set_alias", "model": name, "alias": alias, "version": version,
+                     "previous": previous, "reason": reason})
+
+    # -- reading -------------------------------------------------------------------------
+    def versions(self, name: str = DEFAULT_MODEL) -> list[dict]:
+        index = read_index(self.home).get("models", {}).get(name, {})
+        aliases = {v: a for a, v in index.get("aliases", {}).items()}
+        out = []
+        for version, info in sorted(index.get("versions", {}).items(), key=lambda kv: int(kv[0])):
+            out.append({"name": name, "version": version, "alias": aliases.get(version), **info})
+        return out
+
+    def _sync_index(self, name: str) -> None:
+        """Rewrite this model's entry of the JSON index from MLflow (the source of truth)."""
+        model = self.client.get_registered_model(name)
+        versions = {}
+        for mv in self.client.search_model_versions(f"name='{name}'"):
+            run = self.client.get_run(mv.run_id)
+            artifact_dir = Path(mv.source)
+            versions[str(mv.version)] = {
+                "artifact": os.path.relpath(artifact_dir, self.home),
+                "kind": run.data.tags.get("model_kind"),
+                "dataset_version": run.data.tags.get("dataset_version"),
+                "git_commit": run.data.tags.get("git_commit"),
+                "run_id": mv.run_id,
+                "created_at": datetime.fromtimestamp(mv.creation_timestamp / 1000, timezone.utc)
+                .isoformat(timespec="seconds"),
+                "metrics": {k.removeprefix("test_"): v for k, v in run.data.metrics.items()
+                            if k.startswith("test_")},
+                "params": dict(run.data.params),
+            }
+        index = read_index(self.home)
+        index.setdefault("models", {})[name] = {"versions": versions,
+                                                "aliases": {a: str(v) for a, v in model.aliases.items()}}
+        write_index(self.home, index)
+
+    def _audit(self, entry: dict) -> None:
+        path = self.home / "registry" / "audit.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        entry = {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **entry}
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(entry) + "\n")

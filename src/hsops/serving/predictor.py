@@ -1,0 +1,219 @@
+"""The Predictor: a verified, calibrated model that answers with HS codes people can act on.
+
+A Predictor is built from an exported artifact directory only. The manifest is checked
+before any file is parsed, so a tampered or truncated copy is refused with an
+:class:`~hsops.models.artifact.ArtifactError` instead of serving wrong answers. Nothing
+here imports torch, MLflow, pandas or scikit-learn: the serving process stays small and
+starts fast.
+
+Calibration (``calibration.json``, written by training) holds the temperature ``T`` and
+the abstention threshold. Confidences are ``softmax(log p / T)``; this is the same
+formula as ``hsops.training.calibration.apply_temperature``, repeated here (three lines)
+so the serving path does not import the training package and scipy.optimize with it. A
+test pins the two together.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from hsops.domain import nomenclature
+from hsops.models import artifact
+from hsops.models.artifact import ArtifactError
+from hsops.models.base import Classifier, load_model
+from hsops.registry.index import index_path, resolve
+
+CALIBRATION_FILE = "calibration.json"
+MAX_TOP_K = 20
+EXPLAIN_TERMS = 5
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """How far to trust the model: temperature for confidences, threshold for abstaining."""
+
+    temperature: float = 1.0
+    threshold: float = 0.0
+    target_accuracy: float | None = None
+
+    @classmethod
+    def read(cls, directory: Path) -> "Calibration":
+        """The artifact's calibration, or the identity one when it has none."""
+        path = Path(directory) / CALIBRATION_FILE
+        if not path.is_file():
+            return cls()
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            temperature = float(raw.get("temperature", 1.0))
+            threshold = float(raw.get("threshold", 0.0))
+            target = raw.get("target_accuracy")
+            target = None if target is None else float(target)
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise ArtifactError(f"{path}: unreadable calibration ({exc})") from exc
+        if not (math.isfinite(temperature) and temperature > 0):
+            raise ArtifactError(f"{path}: temperature must be a positive number, got {temperature!r}")
+        if not (math.isfinite(threshold) and 0.0 <= threshold <= 1.0):
+            raise ArtifactError(f"{path}: threshold must be within [0, 1], got {threshold!r}")
+        return cls(temperature, threshold, target)
+
+    def apply(self, proba: np.ndarray) -> np.ndarray:
+        logits = np.log(np.clip(proba, 1e-12, 1.0)) / self.temperature
+        logits -= logits.max(axis=1, keepdims=True)
+        out = np.exp(logits)
+        return out / out.sum(axis=1, keepdims=True)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One answer: the best HS6 code, how sure, what else it might be, and which model said so."""
+
+    hs_code: str
+    hs_description: str
+    confidence: float
+    alternatives: list[dict]
+    abstain: bool
+    explanation: list[dict] | None
+    model_version: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _hs6(label: object) -> str:
+    """The 6-digit subheading of a class label (labels are HS6 already; be defensive)."""
+    digits = "".join(ch for ch in str(label) if ch.isdigit())
+    return digits[:6] if len(digits) >= 6 else digits.zfill(6)
+
+
+class Predictor:
+    """Answers ``predict(texts)`` from one verified artifact; safe to share across threads."""
+
+    def __init__(self, model: Classifier, *, model_version: str, calibration: Calibration | None = None,
+                 artifact_dir: Path | None = None, manifest: dict | None = None):
+        self.model = model
+        self.model_version = model_version
+        self.calibration = calibration or Calibration()
+        self.artifact_dir = artifact_dir
+        self.manifest = manifest or {}
+        self._codes = [_hs6(c) for c in model.classes_]
+        self._describe = nomenclature().describe
+
+    def __repr__(self) -> str:
+        return (f"Predictor(model_version={self.model_version!r}, kind={self.model.kind!r}, "
+                f"classes={len(self._codes)}, T={self.calibration.temperature:.3g}, "
+                f"threshold={self.calibration.threshold:.3g})")
+
+    @property
+    def threshold(self) -> float:
+        return self.calibration.threshold
+
+    @classmethod
+    def from_dir(cls, path: Path, model_version: str) -> "Predictor":
+        """Verify the artifact at ``path`` against its manifest, then load it."""
+        path = Path(path)
+        manifest = artifact.verify(path)  # raises ArtifactError before anything is parsed
+        calibration = Calibration.read(path)
+        try:
+            model = load_model(path)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ArtifactError(f"{path}: the model files do not load ({exc})") from exc
+        return cls(model, model_version=model_version, calibration=calibration,
+                   artifact_dir=path, manifest=manifest)
+
+    @classmethod
+    def from_registry(cls, home: Path, ref: str = "champion") -> "Predictor":
+        """The model a registry reference points at; ``model_version`` is ``NAME@VERSION``.
+
+        Raises ``registry.index.ModelNotFound`` when nothing is registered under ``ref``.
+        """
+        resolved = resolve(Path(home), ref)
+        return cls.from_dir(resolved.artifact_dir, resolved.label)
+
+    def predict(self, texts: list[str], top_k: int = 5, explain: bool = False) -> list[Prediction]:
+        if isinstance(texts, str):
+            raise TypeError("predict() takes a list of texts, not one string")
+        if not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= MAX_TOP_K:
+            raise ValueError(f"top_k must be an integer from 1 to {MAX_TOP_K}, got {top_k!r}")
+        texts = list(texts)
+        if not texts:
+            return []
+        proba = self.calibration.apply(np.asarray(self.model.predict_proba(texts), dtype=np.float64))
+        k = min(top_k, proba.shape[1])
+        ranked = np.argsort(-proba, axis=1, kind="stable")[:, :k]
+        explainer = getattr(self.model, "feature_contributions", None) if explain else None
+        out = []
+        for text, row, order in zip(texts, proba, ranked):
+            ranks = [{"hs_code": self._codes[j], "hs_description": self._describe(self._codes[j]),
+                      "confidence": float(row[j])} for j in order]
+            best = ranks[0]
+            explanation = None
+            if explainer is not None:
+                explanation = [{"term": term, "weight": float(weight)}
+                               for term, weight in explainer(text, int(order[0]), top=EXPLAIN_TERMS)]
+            out.append(Prediction(
+                hs_code=best["hs_code"], hs_description=best["hs_description"],
+                confidence=best["confidence"], alternatives=ranks[1:],
+                abstain=best["confidence"] < self.calibration.threshold,
+                explanation=explanation, model_version=self.model_version))
+        return out
+
+
+@runtime_checkable
+class PredictionSink(Protocol):
+    """Where served predictions are recorded (the platform's state store, in practice).
+
+    Defined here, not in ``platform``, because dependencies point from platform to
+    serving: the app accepts anything with this method. Each row is a dict with
+    ``request_id, batch_id, created_at, text, hs_code, confidence, abstain,
+    model_version, alternatives`` (a list of dicts).
+    """
+
+    def log_predictions(self, rows: list[dict]) -> None: ...
+
+
+class RegistrySource:
+    """A zero-argument callable giving the Predictor a registry reference points at now.
+
+    Serving calls it on every request so a promotion (the champion alias moving) takes
+    effect without a restart. The registry index is re-read only when its file changes
+    (mtime and size), and a Predictor is loaded once per artifact, under a lock so
+    concurrent requests do not load the same model twice.
+    """
+
+    def __init__(self, home: Path, ref: str = "champion"):
+        self.home = Path(home)
+        self.ref = ref
+        self._lock = threading.Lock()
+        self._current: tuple[tuple | None, Predictor] | None = None  # (index stamp, predictor)
+
+    def _index_stamp(self) -> tuple | None:
+        try:
+            st = os.stat(index_path(self.home))
+        except FileNotFoundError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def __call__(self) -> Predictor:
+        stamp = self._index_stamp()
+        current = self._current  # one read of one tuple: stamp and predictor always agree
+        if current is not None and current[0] == stamp:
+            return current[1]
+        with self._lock:
+            current = self._current
+            if current is not None and current[0] == stamp:
+                return current[1]
+            resolved = resolve(self.home, self.ref)  # ModelNotFound propagates to the caller
+            predictor = current[1] if current is not None else None
+            if (predictor is None or predictor.artifact_dir != resolved.artifact_dir
+                    or predictor.model_version != resolved.label):
+                predictor = Predictor.from_dir(resolved.artifact_dir, resolved.label)
+            self._current = (stamp, predictor)
+            return predictor

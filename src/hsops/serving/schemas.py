@@ -1,0 +1,78 @@
+"""Request and response bodies of the HTTP API (pydantic v2).
+
+The request model is built per app (:func:`predict_request_model`) because its limits
+(items per request, characters per description) are settings of ``create_app``; putting
+them in the schema makes pydantic enforce them with messages that name the index and
+the limit, and makes ``/docs`` show them. ``top_k`` and ``explain`` are strict so that
+``"5"`` or ``true`` for ``top_k`` is an error, not silently coerced.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, create_model
+
+MAX_TOP_K = 20
+
+
+def _not_blank(text: str) -> str:
+    if not text.strip():
+        raise ValueError("description is blank; send the product text")
+    return text
+
+
+def predict_request_model(max_items: int, max_text_chars: int) -> type[BaseModel]:
+    """The ``POST /v1/predict`` body, with this app's limits built in."""
+    description = Annotated[str, StringConstraints(max_length=max_text_chars), AfterValidator(_not_blank)]
+    return create_model(
+        "PredictRequest",
+        __config__=ConfigDict(extra="forbid", json_schema_extra={"examples": [
+            {"descriptions": ["70CTNS X 120 PCS PLASTIC WATER BOTTLES[500ML]"], "top_k": 5, "explain": False}]}),
+        descriptions=(list[description], Field(
+            min_length=1, max_length=max_items,
+            description=f"Product descriptions, 1 to {max_items}, each at most {max_text_chars} characters.")),
+        top_k=(int, Field(5, ge=1, le=MAX_TOP_K, strict=True, description="How many codes to return per item.")),
+        explain=(bool, Field(False, strict=True, description="Return the terms that drove each answer.")),
+    )
+
+
+class Alternative(BaseModel):
+    hs_code: str
+    hs_description: str
+    confidence: float
+
+
+class Term(BaseModel):
+    term: str
+    weight: float
+
+
+class PredictionOut(BaseModel):
+    hs_code: str = Field(description="6-digit HS subheading")
+    hs_description: str
+    confidence: float = Field(description="Calibrated probability of hs_code")
+    alternatives: list[Alternative] = Field(description="Ranks 2..top_k")
+    abstain: bool = Field(description="True when confidence is below the model's threshold: route to a person")
+    explanation: list[Term] | None
+    model_version: str
+    request_id: str = Field(description="Send this back with the true code (POST /v1/feedback)")
+
+
+class PredictResponse(BaseModel):
+    request_id: str
+    model_version: str
+    predictions: list[PredictionOut]
+
+
+class Health(BaseModel):
+    status: str
+    model_version: str | None = None
+    message: str | None = None
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="Short machine-readable code, e.g. invalid_input")
+    message: str = Field(description="What was wrong, for a person")
+    details: list[dict] = Field(default_factory=list)
+    request_id: str | None = None

@@ -1,0 +1,131 @@
+"""Train a model kind on a dataset version, calibrate it, evaluate it, export it.
+
+The export is written to a staging folder and published (renamed) only when complete,
+so a crash at any point leaves no half-written model where the registry or serving
+could pick it up; re-running the same training publishes to the same content address.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from hsops.data.datasets import Dataset
+from hsops.models import artifact
+from hsops.models.base import create
+from hsops.training.calibration import apply_temperature, choose_threshold, fit_temperature
+from hsops.training.evaluate import evaluate_proba
+
+CALIBRATION_FILE = "calibration.json"
+DEFAULT_TARGET_ACCURACY = 0.90
+
+
+@dataclass
+class TrainResult:
+    kind: str
+    params: dict
+    dataset_version: str
+    artifact_dir: Path
+    train_seconds: float
+    calibration: dict
+    dev_metrics: dict
+    test_metrics: dict
+    git_commit: str | None
+    history: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        out = dict(self.__dict__)
+        out["artifact_dir"] = str(self.artifact_dir)
+        return out
+
+
+def git_commit() -> str | None:
+    """The commit of the checkout hsops runs from, for lineage (None outside git)."""
+    try:
+        here = Path(__file__).resolve().parent
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def train(dataset: Dataset, home: Path, *, kind: str = "linear", params: dict | None = None,
+          target_accuracy: float = DEFAULT_TARGET_ACCURACY,
+          on_progress: Callable[[str, dict], None] | None = None) -> TrainResult:
+    params = dict(params or {})
+    train_x, train_y = dataset.part("train")
+    dev_x, dev_y = dataset.part("dev")
+    test_x, test_y = dataset.part("test")
+    if not train_x:
+        raise ValueError(f"dataset {dataset.version} has no training rows")
+    notify = on_progress or (lambda stage, info: None)
+
+    model = create(kind, **params)
+    fit_kwargs = {}
+    fit_signature = inspect.signature(model.fit).parameters
+    if "eval_set" in fit_signature and dev_x:
+        fit_kwargs["eval_set"] = (dev_x, dev_y)
+    if "on_epoch" in fit_signature:
+        fit_kwargs["on_epoch"] = lambda record: notify("epoch", record)
+    notify("fit", {"rows": len(train_x), "classes": len(set(train_y))})
+    started = time.perf_counter()
+    model.fit(train_x, train_y, **fit_kwargs)
+    train_seconds = time.perf_counter() - started
+
+    notify("calibrate", {"rows": len(dev_x)})
+    calibration = _calibrate(model, dev_x, dev_y, target_accuracy)
+    notify("evaluate", {"rows": len(test_x)})
+    dev_metrics = _metrics(model, dev_x, dev_y, calibration)
+    test_metrics = _metrics(model, test_x, test_y, calibration)
+
+    metadata = {
+        "kind": kind, "params": model.get_params(), "dataset_version": dataset.version,
+        "git_commit": git_commit(),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "train_seconds": round(train_seconds, 2), "test_metrics": test_metrics,
+    }
+    root = Path(home) / "artifacts"
+    staging = artifact.staging_dir(root)
+    try:
+        model.save(staging)
+        (staging / CALIBRATION_FILE).write_text(json.dumps(calibration), encoding="utf-8")
+        artifact.write_manifest(staging, json.loads(json.dumps(metadata, default=str)))
+        final = artifact.publish(staging, root)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return TrainResult(kind, json.loads(json.dumps(model.get_params(), default=list)),
+                       dataset.version, final, train_seconds, calibration, dev_metrics,
+                       test_metrics, metadata["git_commit"], getattr(model, "history_", []))
+
+
+def _calibrate(model, dev_x: list[str], dev_y: list[str], target_accuracy: float) -> dict:
+    if not dev_x:
+        return {"temperature": 1.0, "threshold": 0.0, "target_accuracy": target_accuracy}
+    raw = model.predict_proba(dev_x)
+    index = {c: i for i, c in enumerate(model.classes_)}
+    target = np.array([index.get(y, -1) for y in dev_y])
+    temperature = fit_temperature(raw, target)
+    proba = apply_temperature(raw, temperature)
+    top = proba.argmax(axis=1)
+    threshold = choose_threshold(proba[np.arange(len(top)), top],
+                                 model.classes_[top] == np.array(dev_y), target_accuracy)
+    return {"temperature": temperature, "threshold": threshold, "target_accuracy": target_accuracy}
+
+
+def _metrics(model, texts: list[str], labels: list[str], calibration: dict) -> dict:
+    if not texts:
+        return {}
+    proba = apply_temperature(model.predict_proba(texts), calibration["temperature"])
+    return evaluate_proba(proba, model.classes_, labels, threshold=calibration["threshold"],
+                          target_accuracy=calibration["target_accuracy"])

@@ -1,0 +1,90 @@
+"""The spine through the real ``hsops`` command: ingest -> train -> evaluate -> predict,
+each a separate process sharing one HSOPS_HOME, as a user runs them."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hsops._config import corpus_path
+from tests._samples import sample_rows, write_csv
+
+HSOPS = [sys.executable, "-m", "hsops.cli"]
+
+
+def run(args, home, check=True):
+    env = {**os.environ, "HSOPS_HOME": str(home)}
+    proc = subprocess.run(HSOPS + args, env=env, capture_output=True, text=True, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"hsops {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def trained_home(tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    data = write_csv(home / "train.csv", sample_rows() + [("", "3924100000"), ("PLASTIC CUPS", "ABC")])
+    ingest = json.loads(run(["ingest", str(data), "--json"], home).stdout)
+    assert ingest["rows_read"] == len(sample_rows()) + 2
+    assert ingest["accepted"] == len(sample_rows()) and ingest["quarantined"] == 2
+    assert ingest["quarantine_reasons"] == {"blank_description": 1, "invalid_code": 1}
+    out = json.loads(run(["train", "--param", "epochs=3", "--param", "min_df=1", "--json"], home).stdout)
+    assert out["alias"] == "champion" and out["dataset_version"] == ingest["dataset_version"]
+    return home, data
+
+
+def test_evaluate_on_any_csv_prints_the_contract_keys(trained_home, tmp_path):
+    home, _ = trained_home
+    other = write_csv(tmp_path / "eval.csv", [("5 CTNS PLASTIC CUPS", "3924.10.00.00"),
+                                              ("USED CLOTHING 40 BALES", "630900"), ("junk", "12")],
+                      header=("desc", "code"))
+    out = json.loads(run(["evaluate", "--model", "champion", "--data", str(other), "--text-column", "desc",
+                          "--label-column", "code", "--json"], home).stdout)
+    for key in ("n", "hs6_top1", "hs6_top5", "hs4_top1", "hs2_top1", "macro_f1", "coverage_at_target"):
+        assert key in out
+    assert out["n"] == 2 and out["rows_rejected"] == 1
+
+
+def test_predict_json_answers_with_code_text_confidence(trained_home):
+    home, _ = trained_home
+    out = json.loads(run(["predict", "100 CTNS X 44 PCS PLASTIC STORAGE BOWLS", "--json"], home).stdout)
+    assert out[0]["hs_code"] == "392410"
+    assert "plastics" in out[0]["hs_description"].lower()
+    assert 0 < out[0]["confidence"] <= 1 and out[0]["model_version"] == "hs-classifier@1"
+
+
+def test_models_lists_the_champion_with_lineage(trained_home):
+    home, _ = trained_home
+    rows = json.loads(run(["models", "--json"], home).stdout)
+    assert rows[0]["alias"] == "champion" and rows[0]["dataset_version"].startswith("ds-")
+    assert "hs6_top1" in rows[0]["metrics"]
+
+
+def test_clear_errors_and_exit_codes(trained_home, tmp_path):
+    home, _ = trained_home
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    proc = run(["ingest", str(empty)], home, check=False)
+    assert proc.returncode == 2 and "empty" in proc.stderr
+    proc = run(["evaluate", "--model", "hs-classifier@42", "--json"], home, check=False)
+    assert proc.returncode == 2 and "not found" in proc.stderr
+    proc = run(["predict", "   "], home, check=False)
+    assert proc.returncode == 2 and "blank" in proc.stderr
+    proc = run(["train", "--model", "nope"], home, check=False)
+    assert proc.returncode == 2 and "unknown model kind" in proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(corpus_path() is None, reason="customs declarations corpus not available")
+def test_real_corpus_baseline_learns(tmp_path):
+    """One epoch on the real corpus: the baseline must clearly beat the majority class
+    (~5%) on the group-aware test split."""
+    out = json.loads(run(["train", "--data", str(corpus_path()), "--param", "epochs=1", "--json"],
+                         tmp_path).stdout)
+    metrics = out["test_metrics"]
+    assert metrics["n"] > 4000
+    assert metrics["hs6_top1"] > 0.5 and metrics["hs6_top5"] > metrics["hs6_top1"]
+    assert metrics["hs2_top1"] >= metrics["hs4_top1"] >= metrics["hs6_top1"]
