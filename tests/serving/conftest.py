@@ -15,7 +15,7 @@ import pytest
 
 from hsops.models import artifact
 from hsops.models.linear import TfidfLinearClassifier
-from hsops.registry.index import write_index
+from hsops.registry.index import read_index, write_index
 
 TRAINING = {
     "392410": [
@@ -50,7 +50,10 @@ TRAINING = {
     ],
 }
 CODES = sorted(TRAINING)
-CALIBRATION = {"temperature": 0.5, "threshold": 0.35, "target_accuracy": 0.9}
+# T=2 softens the tiny model's near-1.0 scores; at threshold 0.5 gibberish abstains
+# (confidence ~0.26) and every clear line does not (~0.95).
+CALIBRATION = {"temperature": 2.0, "threshold": 0.5, "target_accuracy": 0.9}
+GIBBERISH = "zzzz qqqq"
 
 
 @pytest.fixture(scope="session")
@@ -75,18 +78,54 @@ def home(tmp_path, monkeypatch) -> Path:
     return home
 
 
+def register_copy(home: Path, golden: Path, version: str, aliases=("champion",),
+                  calibration: dict | None = None) -> Path:
+    """Copy ``golden`` into ``home`` as hs-classifier ``version`` and point ``aliases`` at it.
+
+    With ``calibration``, the copy gets that calibration.json and a new manifest (a
+    different artifact, as a retrained model would be).
+    """
+    target = home / "artifacts" / f"v{version}-{golden.name[:12]}"
+    shutil.copytree(golden, target)
+    if calibration is not None:
+        (target / "calibration.json").write_text(json.dumps(calibration), encoding="utf-8")
+        artifact.write_manifest(target, {"kind": "linear", "codes": CODES})
+    index = read_index(home)
+    entry = index.setdefault("models", {}).setdefault("hs-classifier", {"versions": {}, "aliases": {}})
+    entry["versions"][version] = {"artifact": str(target.relative_to(home)), "kind": "linear"}
+    for alias in aliases:
+        entry["aliases"][alias] = version
+    write_index(home, index)
+    return target
+
+
 @pytest.fixture
 def artifact_dir(home, golden_artifact) -> Path:
-    """A private copy of the artifact inside this test's HSOPS_HOME."""
+    """A private copy of the artifact inside this test's HSOPS_HOME (not registered)."""
     target = home / "artifacts" / golden_artifact.name
     shutil.copytree(golden_artifact, target)
     return target
 
 
 @pytest.fixture
-def registered(home, artifact_dir) -> Path:
-    """HSOPS_HOME with the artifact registered as hs-classifier version 1, the champion."""
-    write_index(home, {"models": {"hs-classifier": {
-        "versions": {"1": {"artifact": f"artifacts/{artifact_dir.name}", "kind": "linear"}},
-        "aliases": {"champion": "1"}}}})
+def registered(home, golden_artifact) -> Path:
+    """HSOPS_HOME with a copy of the artifact as hs-classifier version 1, the champion."""
+    register_copy(home, golden_artifact, "1")
     return home
+
+
+@pytest.fixture(scope="session")
+def registrar():
+    """``register_copy`` for tests that build their own homes."""
+    return register_copy
+
+
+@pytest.fixture(scope="session")
+def facts() -> dict:
+    """What the fixture model was built from, for tests to assert against."""
+    return {"codes": CODES, "calibration": dict(CALIBRATION), "gibberish": GIBBERISH,
+            "probes": {"70CTNS X 120 PCS PLASTIC WATER BOTTLES[500ML]": "392410",
+                       "HONDA MOTORCYCLE 150CC": "871120",
+                       "USED CLOTHING BALES": "630900",
+                       "RUBBER O RING GASKET": "401693",
+                       "AIR FILTER FOR TRUCK ENGINE": "842131"}}

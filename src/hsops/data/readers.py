@@ -9,6 +9,7 @@ message that says what to do.
 
 from __future__ import annotations
 
+import collections
 import csv
 import gzip
 import io
@@ -102,11 +103,50 @@ def _has_lone_surrogate(obj: object) -> bool:
     return False
 
 
+class _LineSource:
+    """Lines for ``csv.reader`` that remembers which lines each record consumed and can
+    take lines back, so a record that swallowed later rows can be re-read."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self._pending: collections.deque[str] = collections.deque()
+        self.consumed: list[str] = []
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        line = self._pending.popleft() if self._pending else next(self._stream)
+        self.consumed.append(line)
+        return line
+
+    def push_back(self, lines: list[str]) -> None:
+        self._pending.extendleft(reversed(lines))
+
+
+def _swallowed_rows(lines: list[str], delimiter: str, n_fields: int) -> bool:
+    """True when a multi-line record looks like an unclosed quote that ate whole rows:
+    a continuation line is, on its own, a complete row of the right width. The last line
+    is only a suspect when it has no quote at all (the quote then never closed before the
+    end of the file); otherwise it holds the closing quote of a legitimate multi-line
+    description."""
+    suspects = lines[1:-1] + ([lines[-1]] if '"' not in lines[-1] else [])
+    for line in suspects:
+        try:
+            parsed = next(csv.reader([line], delimiter=delimiter), [])
+        except csv.Error:
+            continue
+        if len(parsed) == n_fields:
+            return True
+    return False
+
+
 def _read_delimited(path: Path, delimiter: str, text_column: str | None,
                     label_column: str | None) -> Iterator[RawRow]:
     with _open_binary(path) as raw:
         stream = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
-        reader = csv.reader(stream, delimiter=delimiter)
+        lines = _LineSource(stream)
+        reader = csv.reader(lines, delimiter=delimiter)
         try:
             header = next(reader)
         except StopIteration:
@@ -122,6 +162,7 @@ def _read_delimited(path: Path, delimiter: str, text_column: str | None,
         ti, li = header.index(text_col), header.index(label_col)
         number = 0
         while True:
+            lines.consumed = []
             try:
                 fields = next(reader)
             except StopIteration:
@@ -133,6 +174,13 @@ def _read_delimited(path: Path, delimiter: str, text_column: str | None,
             if not fields or (len(fields) == 1 and not fields[0].strip()):
                 continue  # a blank line is not a row
             number += 1
+            consumed = lines.consumed
+            if len(consumed) > 1 and _swallowed_rows(consumed, delimiter, len(header)):
+                # an unclosed quote: quarantine its own line, read the rest again as rows
+                lines.push_back(consumed[1:])
+                yield RawRow(number, None, None, _printable({"line": consumed[0].rstrip("\r\n")}),
+                             "malformed CSV: unclosed quote (the rows after it were read again)")
+                continue
             record = dict(zip(header, fields))
             if len(fields) != len(header):
                 yield RawRow(number, None, None, _printable({"fields": fields}),

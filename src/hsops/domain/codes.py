@@ -46,10 +46,12 @@ def normalise_code(value: object) -> HSCode:
     """Read ``value`` as an HS code or raise :class:`InvalidCode` with the reason.
 
     Accepted: 6 to 12 digits with optional dots, spaces or dashes between them; an odd
-    digit count of 7, 9 or 11 is taken as a code that lost its leading zero (5 digits is
-    too ambiguous: "39241" may be "3924.1" as well as "039241"). The code's
-    heading must exist in HS 2022; a subheading missing from HS 2022 (an older edition)
-    is accepted and flagged with ``in_hs2022=False``.
+    digit count of 7 or 9 is taken as an 8- or 10-digit code that lost its leading zero
+    (5 digits is too ambiguous: "39241" may be "3924.1" as well as "039241"). The code's
+    heading must exist in HS 2022: without an older edition's table we cannot tell a
+    retired heading (8803, 11 corpus rows) from a typo, so both are rejected with the
+    reason. A subheading missing from HS 2022 under an existing heading (an older
+    edition, ~4% of the corpus) is accepted and flagged with ``in_hs2022=False``.
     """
     if value is None:
         raise InvalidCode("code is missing")
@@ -61,7 +63,7 @@ def normalise_code(value: object) -> HSCode:
     digits = _SEPARATORS.sub("", raw)
     if not digits.isdigit() or not digits.isascii():
         raise InvalidCode(f"code {raw[:40]!r} has characters other than digits and separators")
-    if len(digits) in (7, 9, 11):
+    if len(digits) in (7, 9):
         digits = "0" + digits
     if len(digits) < 6:
         raise InvalidCode(
@@ -73,5 +75,6 @@ def normalise_code(value: object) -> HSCode:
     if not nom.exists(digits[:2]):
         raise InvalidCode(f"code {raw[:40]!r}: chapter {digits[:2]} does not exist in HS 2022")
     if not nom.exists(digits[:4]):
-        raise InvalidCode(f"code {raw[:40]!r}: heading {digits[:4]} does not exist in HS 2022")
+        raise InvalidCode(f"code {raw[:40]!r}: heading {digits[:4]} does not exist in HS 2022 "
+                          "(never valid, or retired like 8803)")
     return HSCode(full=digits, in_hs2022=nom.exists(digits[:6]))

@@ -67,6 +67,9 @@ def verify(directory: Path) -> dict:
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         files = manifest["files"]
+        if not isinstance(files, dict) or not all(
+                isinstance(e, dict) and isinstance(e.get("sha256"), str) for e in files.values()):
+            raise TypeError("'files' must map each file name to its sha256")
     except (ValueError, KeyError, TypeError) as exc:
         raise ArtifactError(f"{manifest_path}: unreadable manifest ({exc})") from exc
     present = {p.name for p in directory.iterdir() if p.name != MANIFEST}
@@ -94,10 +97,19 @@ def publish(staging: Path, root: Path) -> Path:
         return final
     try:
         os.rename(staging, final)
-    except OSError:  # staging on another filesystem: copy next to root, then rename
+    except OSError:
+        if final.exists():  # another process published the same content meanwhile
+            shutil.rmtree(staging, ignore_errors=True)
+            return final
+        # staging on another filesystem: copy next to root, then rename
         tmp = Path(tempfile.mkdtemp(prefix=".incoming-", dir=root))
-        shutil.copytree(staging, tmp, dirs_exist_ok=True)
-        os.rename(tmp, final)
+        try:
+            shutil.copytree(staging, tmp, dirs_exist_ok=True)
+            os.rename(tmp, final)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not final.exists():
+                raise
         shutil.rmtree(staging, ignore_errors=True)
     return final
 

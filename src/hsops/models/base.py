@@ -48,7 +48,8 @@ class Classifier(ABC):
     def predict_proba(self, texts: list[str]) -> np.ndarray: ...
 
     def predict(self, texts: list[str]) -> np.ndarray:
-        return self.classes_[np.argmax(self.predict_proba(texts), axis=1)]
+        proba = self.predict_proba(texts)  # raises NotFittedError before classes_ is read
+        return self.classes_[np.argmax(proba, axis=1)]
 
     @abstractmethod
     def save(self, directory: Path) -> None: ...

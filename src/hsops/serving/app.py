@@ -19,7 +19,9 @@ No ``from __future__ import annotations`` here: FastAPI reads the endpoint annot
 at runtime and the request model is a local class built per app.
 """
 
+import json
 import logging
+import math
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -59,11 +61,19 @@ def _request_id(request_or_scope) -> str | None:
     return (scope.get("state") or {}).get("request_id")
 
 
+class _AsciiJSONResponse(JSONResponse):
+    """Errors may quote the client's input, which can hold lone surrogates ("\\ud800" is
+    valid JSON but not encodable as UTF-8): escaping to ASCII keeps any input quotable."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
 def _error_response(request_id: str | None, status: int, error: str, message: str,
                     details: list | None = None) -> JSONResponse:
     body = {"error": error, "message": message, "details": details or [], "request_id": request_id}
     headers = {REQUEST_ID_HEADER: request_id} if request_id else None
-    return JSONResponse(body, status_code=status, headers=headers)
+    return _AsciiJSONResponse(body, status_code=status, headers=headers)
 
 
 # -- request guard (ASGI middleware) --------------------------------------------------------
@@ -146,8 +156,11 @@ def _location(loc: tuple) -> str:
 
 
 def _preview(value: Any) -> Any:
+    """The bad value, short and JSON-safe (NaN and Infinity are not JSON: quote them)."""
     if isinstance(value, str):
         return value if len(value) <= 60 else value[:60] + "..."
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
     if isinstance(value, (int, float, bool)) or value is None:
         return value
     return type(value).__name__  # a list or object: name its type, do not echo it back
@@ -183,6 +196,13 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 400 and exc.__cause__ is not None:
+            # FastAPI's own "error parsing the body" (bad UTF-8, nesting too deep, an
+            # integer too long to parse): say what it was
+            cause = exc.__cause__
+            return _error_response(_request_id(request), 400, "malformed_json",
+                                   f"request body could not be read as UTF-8 JSON: "
+                                   f"{type(cause).__name__}: {str(cause)[:200]}")
         code = _STATUS_CODES.get(exc.status_code, "error")
         return _error_response(_request_id(request), exc.status_code, code, str(exc.detail))
 

@@ -13,7 +13,9 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, create_model
 
-MAX_TOP_K = 20
+from hsops.serving.predictor import MAX_TOP_K  # one limit for the API and the Predictor
+
+_EXAMPLE = {"descriptions": ["70CTNS X 120 PCS PLASTIC WATER BOTTLES[500ML]"], "top_k": 5, "explain": False}
 
 
 def _not_blank(text: str) -> str:
@@ -27,12 +29,13 @@ def predict_request_model(max_items: int, max_text_chars: int) -> type[BaseModel
     description = Annotated[str, StringConstraints(max_length=max_text_chars), AfterValidator(_not_blank)]
     return create_model(
         "PredictRequest",
-        __config__=ConfigDict(extra="forbid", json_schema_extra={"examples": [
-            {"descriptions": ["70CTNS X 120 PCS PLASTIC WATER BOTTLES[500ML]"], "top_k": 5, "explain": False}]}),
+        __config__=ConfigDict(extra="forbid", json_schema_extra={"examples": [_EXAMPLE]}),
         descriptions=(list[description], Field(
             min_length=1, max_length=max_items,
-            description=f"Product descriptions, 1 to {max_items}, each at most {max_text_chars} characters.")),
-        top_k=(int, Field(5, ge=1, le=MAX_TOP_K, strict=True, description="How many codes to return per item.")),
+            description=f"Product descriptions, 1 to {max_items}, each at most {max_text_chars} "
+                        "characters.")),
+        top_k=(int, Field(5, ge=1, le=MAX_TOP_K, strict=True,
+                          description="How many codes to return per item.")),
         explain=(bool, Field(False, strict=True, description="Return the terms that drove each answer.")),
     )
 
@@ -53,7 +56,8 @@ class PredictionOut(BaseModel):
     hs_description: str
     confidence: float = Field(description="Calibrated probability of hs_code")
     alternatives: list[Alternative] = Field(description="Ranks 2..top_k")
-    abstain: bool = Field(description="True when confidence is below the model's threshold: route to a person")
+    abstain: bool = Field(description="True when confidence is below the model's threshold: "
+                                      "route to a person")
     explanation: list[Term] | None
     model_version: str
     request_id: str = Field(description="Send this back with the true code (POST /v1/feedback)")

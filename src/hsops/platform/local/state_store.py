@@ -62,7 +62,10 @@ class StateStore:
     """
 
     def __init__(self, path: Path | None = None, *, busy_timeout_ms: int = 10_000):
-        self.path = Path(path) if path is not None else hsops_home() / STATE_FILE
+        """``path`` is the database file, or a directory (an HSOPS_HOME) to hold
+        ``state.db``; by default ``hsops_home() / "state.db"``."""
+        path = Path(path) if path is not None else hsops_home()
+        self.path = path / STATE_FILE if path.is_dir() else path
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.busy_timeout_ms = busy_timeout_ms
         self._local = threading.local()

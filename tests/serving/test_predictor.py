@@ -1,0 +1,240 @@
+"""The Predictor: verified loading, calibrated confidences, alternatives, abstention."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from hsops.domain import nomenclature
+from hsops.models import artifact
+from hsops.models.artifact import ArtifactError
+from hsops.models.base import load_model
+from hsops.registry.index import ModelNotFound, write_index
+from hsops.serving import Calibration, Prediction, Predictor, RegistrySource
+
+
+@pytest.fixture
+def predictor(artifact_dir) -> Predictor:
+    return Predictor.from_dir(artifact_dir, model_version="hs-classifier@7")
+
+
+def test_predicts_the_right_code_with_nomenclature_text(predictor, facts):
+    texts = list(facts["probes"])
+    predictions = predictor.predict(texts)
+    assert [p.hs_code for p in predictions] == list(facts["probes"].values())
+    for p in predictions:
+        assert isinstance(p, Prediction)
+        assert len(p.hs_code) == 6 and p.hs_code.isdigit()
+        assert p.hs_description == nomenclature().describe(p.hs_code)
+        assert p.model_version == "hs-classifier@7"
+        assert 0.0 < p.confidence <= 1.0
+        assert p.abstain is False
+        assert p.explanation is None
+    assert predictions[0].hs_description == "Plastics; tableware and kitchenware"
+
+
+def test_alternatives_are_ranks_two_to_k_in_descending_order(predictor, facts):
+    (p,) = predictor.predict(["PLASTIC CUPS"], top_k=4)
+    assert len(p.alternatives) == 3
+    confidences = [p.confidence] + [a["confidence"] for a in p.alternatives]
+    assert confidences == sorted(confidences, reverse=True)
+    codes = [p.hs_code] + [a["hs_code"] for a in p.alternatives]
+    assert len(set(codes)) == 4 and set(codes) <= set(facts["codes"])
+    for alt in p.alternatives:
+        assert set(alt) == {"hs_code", "hs_description", "confidence"}
+        assert alt["hs_description"] == nomenclature().describe(alt["hs_code"])
+
+
+def test_top_k_larger_than_the_classes_returns_every_class(predictor, facts):
+    (p,) = predictor.predict(["PLASTIC CUPS"], top_k=20)
+    assert len(p.alternatives) == len(facts["codes"]) - 1
+    total = p.confidence + sum(a["confidence"] for a in p.alternatives)
+    assert total == pytest.approx(1.0, abs=1e-6)
+
+
+def test_top_one_has_no_alternatives(predictor):
+    (p,) = predictor.predict(["PLASTIC CUPS"], top_k=1)
+    assert p.alternatives == []
+
+
+@pytest.mark.parametrize("top_k", [0, -1, 21, 2.0, True, "5"])
+def test_bad_top_k_is_refused(predictor, top_k):
+    with pytest.raises(ValueError, match="top_k"):
+        predictor.predict(["PLASTIC CUPS"], top_k=top_k)
+
+
+def test_a_bare_string_is_refused_not_split_into_characters(predictor):
+    with pytest.raises(TypeError, match="list of texts"):
+        predictor.predict("PLASTIC CUPS")
+
+
+def test_no_texts_no_predictions(predictor):
+    assert predictor.predict([]) == []
+
+
+def test_confidence_is_temperature_scaled_probability(artifact_dir, predictor, facts):
+    text = "PLASTIC CUPS AND PLATES"
+    raw = load_model(artifact_dir).predict_proba([text])
+    t = facts["calibration"]["temperature"]
+    logits = np.log(raw) / t
+    expected = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    (p,) = predictor.predict([text])
+    assert p.confidence == pytest.approx(float(expected.max()), rel=1e-6)
+    # T > 1 softens: the calibrated confidence is below the raw one, same winner
+    assert p.confidence < float(raw.max())
+
+
+def test_calibration_matches_the_training_formula():
+    from hsops.training.calibration import apply_temperature
+
+    proba = np.array([[0.7, 0.2, 0.1], [0.01, 0.98, 0.01], [1.0, 0.0, 0.0]])
+    for t in (0.3, 1.0, 2.5):
+        np.testing.assert_allclose(Calibration(t).apply(proba), apply_temperature(proba, t), rtol=1e-9)
+
+
+def test_abstains_below_the_threshold(predictor, facts):
+    unsure, sure = predictor.predict([facts["gibberish"], "MOTORCYCLE 125CC"])
+    assert unsure.confidence < facts["calibration"]["threshold"] and unsure.abstain is True
+    assert sure.confidence >= facts["calibration"]["threshold"] and sure.abstain is False
+
+
+def test_without_calibration_file_confidence_is_raw_and_nothing_abstains(artifact_dir, facts):
+    (artifact_dir / "calibration.json").unlink()
+    artifact.write_manifest(artifact_dir, {"kind": "linear"})
+    predictor = Predictor.from_dir(artifact_dir, model_version="x@1")
+    assert predictor.calibration == Calibration(1.0, 0.0, None)
+    (p,) = predictor.predict([facts["gibberish"]])
+    raw = load_model(artifact_dir).predict_proba([facts["gibberish"]])
+    assert p.confidence == pytest.approx(float(raw.max()), rel=1e-6)
+    assert p.abstain is False
+
+
+def test_explanation_names_terms_of_the_text(predictor):
+    (p,) = predictor.predict(["PLASTIC WATER BOTTLES 500ML"], explain=True)
+    assert p.explanation, "the linear model explains its answers"
+    assert all(set(e) == {"term", "weight"} and e["weight"] > 0 for e in p.explanation)
+    text = "plastic water bottles 000ml"  # the model sees digits as 0
+    assert all(e["term"] in text for e in p.explanation)
+    weights = [e["weight"] for e in p.explanation]
+    assert weights == sorted(weights, reverse=True)
+
+
+def test_a_model_without_contributions_explains_nothing(predictor):
+    class Opaque:
+        kind = "opaque"
+        classes_ = predictor.model.classes_
+
+        def predict_proba(self, texts):
+            return predictor.model.predict_proba(texts)
+
+    (p,) = Predictor(Opaque(), model_version="opaque@1").predict(["PLASTIC CUPS"], explain=True)
+    assert p.explanation is None and p.hs_code == "392410"
+
+
+def test_prediction_is_frozen_and_serialisable(predictor):
+    (p,) = predictor.predict(["PLASTIC CUPS"], explain=True)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.hs_code = "000000"
+    assert json.loads(json.dumps(p.to_dict()))["hs_code"] == "392410"
+
+
+# -- refusing bad artifacts --------------------------------------------------------------------
+def test_a_tampered_weight_file_is_refused(artifact_dir):
+    weights = artifact_dir / "linear_weights.npz"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one bit of one byte
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match=r"linear_weights\.npz does not match its SHA-256"):
+        Predictor.from_dir(artifact_dir, model_version="x@1")
+
+
+def test_a_tampered_calibration_is_refused(artifact_dir):
+    (artifact_dir / "calibration.json").write_text('{"temperature": 1.0, "threshold": 0.0}')
+    with pytest.raises(ArtifactError, match="calibration.json"):
+        Predictor.from_dir(artifact_dir, model_version="x@1")
+
+
+def test_an_unlisted_file_is_refused(artifact_dir):
+    (artifact_dir / "extra.json").write_text("{}")
+    with pytest.raises(ArtifactError, match="not in the manifest"):
+        Predictor.from_dir(artifact_dir, model_version="x@1")
+
+
+def test_a_directory_without_manifest_is_refused(tmp_path):
+    with pytest.raises(ArtifactError, match="no manifest.json"):
+        Predictor.from_dir(tmp_path, model_version="x@1")
+
+
+@pytest.mark.parametrize("calibration, match", [
+    ({"temperature": 0}, "temperature must be a positive number"),
+    ({"temperature": "hot"}, "unreadable calibration"),
+    ({"threshold": 1.5}, r"threshold must be within \[0, 1\]"),
+])
+def test_an_impossible_calibration_is_refused(artifact_dir, calibration, match):
+    (artifact_dir / "calibration.json").write_text(json.dumps(calibration))
+    artifact.write_manifest(artifact_dir, {"kind": "linear"})  # consistent, but nonsense
+    with pytest.raises(ArtifactError, match=match):
+        Predictor.from_dir(artifact_dir, model_version="x@1")
+
+
+# -- from the registry -------------------------------------------------------------------------
+def test_from_registry_resolves_the_champion(registered):
+    predictor = Predictor.from_registry(registered)
+    assert predictor.model_version == "hs-classifier@1"
+    assert predictor.predict(["MOTORCYCLE 125CC"])[0].hs_code == "871120"
+
+
+def test_from_registry_by_name_and_version(registered):
+    assert Predictor.from_registry(registered, "hs-classifier@1").model_version == "hs-classifier@1"
+    with pytest.raises(ModelNotFound, match="versions: 1"):
+        Predictor.from_registry(registered, "hs-classifier@2")
+
+
+def test_from_registry_without_models_says_to_train(home):
+    with pytest.raises(ModelNotFound, match="hsops train"):
+        Predictor.from_registry(home)
+
+
+def test_registry_source_reuses_the_loaded_model_until_the_champion_moves(registered, golden_artifact,
+                                                                          registrar):
+    source = RegistrySource(registered)
+    first = source()
+    assert source() is first
+    registrar(registered, golden_artifact, "2",
+              calibration={"temperature": 1.0, "threshold": 0.99, "target_accuracy": 0.99})
+    second = source()
+    assert second is not first
+    assert second.model_version == "hs-classifier@2" and second.threshold == 0.99
+    assert source() is second
+
+
+def test_registry_source_raises_model_not_found_until_something_is_registered(home, golden_artifact,
+                                                                              registrar):
+    source = RegistrySource(home)
+    with pytest.raises(ModelNotFound):
+        source()
+    registrar(home, golden_artifact, "1")
+    assert source().model_version == "hs-classifier@1"
+
+
+def test_registry_source_refuses_a_tampered_champion(registered):
+    index_file = registered / "registry" / "index.json"
+    info = json.loads(index_file.read_text())["models"]["hs-classifier"]["versions"]["1"]
+    weights = registered / info["artifact"] / "linear_weights.npz"
+    weights.write_bytes(weights.read_bytes()[:-1])
+    with pytest.raises(ArtifactError):
+        RegistrySource(registered)()
+
+
+def test_repr_is_readable(predictor):
+    assert repr(predictor).startswith("Predictor(model_version='hs-classifier@7', kind='linear', classes=5")
+
+
+def test_write_index_is_the_registry_contract(home, artifact_dir):
+    """Guards the fixture: the index format these tests write is the one resolve() reads."""
+    write_index(home, {"models": {"m": {"versions": {"3": {"artifact": f"artifacts/{artifact_dir.name}"}},
+                                        "aliases": {"challenger": "3"}}}})
+    assert Predictor.from_registry(home, "m@challenger").model_version == "m@3"
