@@ -13,11 +13,11 @@ from pathlib import Path
 from hsops._config import hsops_home
 from hsops.platform.local.state_store import StateStore
 from hsops.serving.app import create_app
-from hsops.serving.registry_source import RegistryPredictorSource
+from hsops.serving.predictor import RegistrySource
 
 
 def build_app(home: Path, ref: str = "champion"):
-    return create_app(RegistryPredictorSource(home, ref), sink=StateStore(home))
+    return create_app(RegistrySource(home, ref), sink=StateStore(home))
 
 
 def app_from_env():
