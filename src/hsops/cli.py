@@ -21,7 +21,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Serverless MLOps for HS code prediction: ingest, train, evaluate, serve.")
 models_app = typer.Typer(help="The model registry: versions, metrics, aliases.", invoke_without_command=True)
 app.add_typer(models_app, name="models")
-console = Console()
+# at least 110 columns: the tables stay readable when output goes to a pipe or a CI log
+console = Console(width=None if Console().width >= 110 else 110)
 err = Console(stderr=True)
 
 
@@ -259,12 +260,21 @@ def _as_dict(prediction) -> dict:
 
 def predictions_table(texts: list[str], predictions: list[dict]) -> Table:
     table = Table(title=f"Predictions ({predictions[0]['model_version'] if predictions else ''})")
-    for col in ("description", "HS6", "HS text", "confidence", "next best"):
-        table.add_column(col, overflow="fold")
+    table.add_column("description", min_width=24, max_width=40)
+    table.add_column("HS6", no_wrap=True)
+    table.add_column("HS 2022 text", max_width=40, overflow="ellipsis", no_wrap=True)
+    table.add_column("confidence", no_wrap=True, justify="right")
+    table.add_column("next best", no_wrap=True)
+    explained = any(p.get("explanation") for p in predictions)
+    if explained:
+        table.add_column("driven by", max_width=30)
     for text, p in zip(texts, predictions):
-        alternatives = ", ".join(f"{a['hs_code']} ({100 * a['confidence']:.0f}%)" for a in p["alternatives"][:2])
+        alternatives = " ".join(f"{a['hs_code']}" for a in p["alternatives"][:2])
         conf = f"{100 * p['confidence']:.0f}%" + (" [yellow]abstain[/]" if p["abstain"] else "")
-        table.add_row(text[:60], p["hs_code"], p["hs_description"][:70], conf, alternatives)
+        row = [text[:80], p["hs_code"], p["hs_description"], conf, alternatives]
+        if explained:
+            row.append(", ".join(repr(e["term"]) for e in (p.get("explanation") or [])[:4]))
+        table.add_row(*row)
     return table
 
 
