@@ -27,7 +27,8 @@ def block_slices(f):
 
 
 def test_normalise_text_folds_digits_case_accents_and_punctuation():
-    assert normalise_text("70CTNS X 120 PCS  BOTTLES[500ML]") == "00ctns x 000 pcs bottles 000ml"
+    assert normalise_text("70CTNS X 120 PCS  BOTTLES[500ML]", fold_digits=True) == "00ctns x 000 pcs bottles 000ml"
+    assert normalise_text("70CTNS X 120 PCS  BOTTLES[500ML]") == "70ctns x 120 pcs bottles 500ml"
     assert normalise_text("CAFÉ-Crème") == "cafe creme"
     assert normalise_text("  --  ") == ""
 
@@ -73,13 +74,26 @@ def test_unseen_words_still_get_char_features():
     assert np.isfinite(x).all()
 
 
-def test_digits_are_folded_to_zero():
-    f = fitted()
+def test_digits_are_folded_to_zero_on_request():
+    f = TfidfFeaturizer(min_df=1, fold_digits=True).fit(TEXTS)
     a, b = f.transform(["500ML BOTTLES", "250ML BOTTLES"]).toarray()
     assert np.array_equal(a, b)
     terms = [t for block in f.blocks for t in block.terms]
     assert not any(ch in t for t in terms for ch in "123456789")
     assert "0ml" in f.blocks[1].terms
+
+
+def test_digits_are_kept_by_default_so_engine_capacity_counts():
+    f = TfidfFeaturizer(min_df=1).fit(["MOTORCYCLE 150CC", "MOTORCYCLE 300CC"])
+    a, b = f.transform(["MOTORCYCLE 150CC", "MOTORCYCLE 300CC"]).toarray()
+    assert not np.array_equal(a, b)
+    assert "150cc" in f.blocks[0].terms
+
+
+def test_fold_digits_survives_save_and_load(tmp_path):
+    f = TfidfFeaturizer(min_df=1, fold_digits=True).fit(TEXTS)
+    f.save(tmp_path)
+    assert TfidfFeaturizer.load(tmp_path).fold_digits is True
 
 
 def test_min_df_and_max_features():

@@ -95,12 +95,14 @@ class TfidfLinearClassifier(Classifier):
     kind = "linear"
 
     def __init__(self, *, char_ngrams: tuple[int, int] = (2, 5), min_df: int = 2,
-                 max_features: int = 200_000, epochs: int = 4, learning_rate: float = 0.5,
+                 max_features: int = 200_000, fold_digits: bool = False,
+                 epochs: int = 4, learning_rate: float = 0.5,
                  batch_size: int = 256, top_k_classes: int = 10,
                  weights_per_class: int = 20_000, seed: int = 0):
         self.char_ngrams = char_ngrams
         self.min_df = min_df
         self.max_features = max_features
+        self.fold_digits = fold_digits
         self.epochs = epochs
         self.learning_rate = learning_rate
         self.batch_size = batch_size
@@ -116,7 +118,8 @@ class TfidfLinearClassifier(Classifier):
         self.classes_ = np.array(sorted(set(labels)))
         class_index = {c: i for i, c in enumerate(self.classes_)}
         self.featurizer_ = TfidfFeaturizer(char_ngrams=tuple(self.char_ngrams), min_df=self.min_df,
-                                           max_features=self.max_features).fit(list(texts))
+                                           max_features=self.max_features,
+                                           fold_digits=self.fold_digits).fit(list(texts))
         x = self.featurizer_.transform(list(texts))
         y = np.array([class_index[label] for label in labels])
         eval_x = eval_y = None
