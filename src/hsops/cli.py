@@ -23,7 +23,7 @@ models_app = typer.Typer(help="The model registry: versions, metrics, aliases.",
 app.add_typer(models_app, name="models")
 # at least 110 columns: the tables stay readable when output goes to a pipe or a CI log
 console = Console(width=None if Console().width >= 110 else 110)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # an error stays one line in logs and pipes
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -49,7 +49,7 @@ def _parse_params(pairs: list[str]) -> dict:
 
 
 # -- ingest ---------------------------------------------------------------------------------
-def run_ingest(path: Path, text_column, label_column, fmt, quiet: bool):
+def run_ingest(path: Path, text_column, label_column, fmt, quiet: bool, encoding=None):
     from rich.progress import Progress, SpinnerColumn, TextColumn
 
     from hsops.data.ingest import ingest_file
@@ -60,7 +60,7 @@ def run_ingest(path: Path, text_column, label_column, fmt, quiet: bool):
                       disable=quiet, transient=True) as progress:
             task = progress.add_task(f"reading {path.name}", total=None)
             report = ingest_file(path, hsops_home(), text_column=text_column, label_column=label_column,
-                                 fmt=fmt, on_progress=lambda n: progress.update(
+                                 fmt=fmt, encoding=encoding, on_progress=lambda n: progress.update(
                                      task, description=f"reading {path.name}: {n:,} rows"))
     except DataFileError as exc:
         _fail(str(exc))
@@ -72,17 +72,22 @@ def ingest(path: Path = typer.Argument(..., help="CSV, TSV, JSONL or Parquet fil
            text_column: Optional[str] = typer.Option(None, help="column with the description"),
            label_column: Optional[str] = typer.Option(None, help="column with the HS code"),
            fmt: Optional[str] = typer.Option(None, "--format", help="csv, tsv, jsonl or parquet"),
+           encoding: Optional[str] = typer.Option(None, help="text encoding (default UTF-8; UTF-16 by BOM)"),
            as_json: bool = typer.Option(False, "--json", help="print the report as JSON")):
-    """Validate a labelled file row by row, quarantine bad rows, store a dataset version."""
+    """Validate a labelled file row by row, quarantine bad rows, store a dataset version.
+
+    Row numbers in the report and the quarantine file count data rows (the header is
+    not a row), from 1."""
     from hsops.training.report import ingest_table
 
-    report = run_ingest(path, text_column, label_column, fmt, as_json).to_dict()
+    report = run_ingest(path, text_column, label_column, fmt, as_json, encoding).to_dict()
     if as_json:
         _emit_json(report)
     else:
         console.print(ingest_table(report))
     if report["accepted"] == 0:
-        raise typer.Exit(1)
+        _fail(f"no valid rows in {path.name}: all {report['rows_read']} were quarantined "
+              f"({report['quarantine_reasons']}); see {report['quarantine_file']}", code=1)
 
 
 # -- train ----------------------------------------------------------------------------------
@@ -129,6 +134,7 @@ def _aliases(home: Path) -> dict:
 def train_cmd(dataset: Optional[str] = typer.Option(None, help="dataset version (default: the latest ingested)"),
               data: Optional[Path] = typer.Option(None, help="ingest this file first, then train on it"),
               text_column: Optional[str] = typer.Option(None), label_column: Optional[str] = typer.Option(None),
+              encoding: Optional[str] = typer.Option(None, help="text encoding of --data"),
               kind: str = typer.Option("linear", "--model", "--kind", help="model kind"),
               param: list[str] = typer.Option([], help="hyper-parameter KEY=VALUE (repeatable)"),
               target_accuracy: float = typer.Option(0.9, help="accuracy the abstention threshold aims for"),
@@ -146,7 +152,7 @@ def train_cmd(dataset: Optional[str] = typer.Option(None, help="dataset version 
     if alias not in ("auto", "none", "champion", "challenger"):
         _fail("--alias must be champion, challenger, none or auto")
     if data is not None:
-        dataset = run_ingest(data, text_column, label_column, None, as_json).dataset_version
+        dataset = run_ingest(data, text_column, label_column, None, as_json, encoding).dataset_version
         if dataset is None:
             _fail(f"{data}: no valid rows to train on")
     elif dataset is None:
@@ -154,8 +160,14 @@ def train_cmd(dataset: Optional[str] = typer.Option(None, help="dataset version 
         if not versions:
             _fail("no dataset yet: run `hsops ingest FILE` or pass --data FILE")
         dataset = versions[0]
+    from hsops.models.base import check_params, model_class
+
     try:
-        result, version, alias_set = run_train(dataset, kind, _parse_params(param), target_accuracy,
+        params = check_params(model_class(kind), _parse_params(param))
+    except ValueError as exc:
+        _fail(str(exc))
+    try:
+        result, version, alias_set = run_train(dataset, kind, params, target_accuracy,
                                                 None if alias == "none" else alias, as_json)
     except (DatasetNotFound, ValueError, TypeError) as exc:
         _fail(str(exc))
@@ -166,6 +178,8 @@ def train_cmd(dataset: Optional[str] = typer.Option(None, help="dataset version 
     console.print(metrics_table(result.test_metrics, f"{kind} on the test split of {dataset}"))
     console.print(f"trained in {result.train_seconds:.1f}s; registered as hs-classifier@{version}"
                   + (f" ({alias_set})" if alias_set else ""))
+    if not result.calibration.get("calibrated", True):
+        err.print(f"[yellow]warning:[/] {result.calibration['note']}")
 
 
 # -- evaluate -------------------------------------------------------------------------------
@@ -174,8 +188,12 @@ def evaluate(model: str = typer.Option("champion", help="champion, challenger or
              data: Optional[Path] = typer.Option(None, help="labelled file (default: the model's test split)"),
              text_column: Optional[str] = typer.Option(None), label_column: Optional[str] = typer.Option(None),
              fmt: Optional[str] = typer.Option(None, "--format"),
+             encoding: Optional[str] = typer.Option(None, help="text encoding of --data"),
              as_json: bool = typer.Option(False, "--json")):
-    """Score a registered model on a labelled file, or on its own test split."""
+    """Score a registered model on a labelled file, or on its own test split.
+
+    Rows whose description (group key) the model was trained on are counted in
+    ``rows_seen_in_training``: scores on such rows overstate accuracy."""
     from hsops.data.datasets import DatasetNotFound, load_dataset
     from hsops.data.ingest import IngestReport  # noqa: F401  (keeps import errors early)
     from hsops.data.readers import DataFileError, read_table
@@ -200,7 +218,8 @@ def evaluate(model: str = typer.Option("champion", help="champion, challenger or
     else:
         texts, labels = [], []
         try:
-            for raw in read_table(data, text_column=text_column, label_column=label_column, fmt=fmt):
+            for raw in read_table(data, text_column=text_column, label_column=label_column, fmt=fmt,
+                                  encoding=encoding):
                 row = validate_row(raw)
                 if isinstance(row, LabeledRow):
                     texts.append(row.text)
@@ -216,14 +235,32 @@ def evaluate(model: str = typer.Option("champion", help="champion, challenger or
         metrics = evaluate_artifact(resolved.artifact_dir, texts, labels)
     except ArtifactError as exc:
         _fail(str(exc))
+    seen = _rows_seen_in_training(home, resolved.info.get("dataset_version"), texts) if data else 0
     payload = {"model": resolved.label, "data": source, "rows_rejected": sum(rejected.values()),
-               "rejected_reasons": rejected, **metrics}
+               "rejected_reasons": rejected, "rows_seen_in_training": seen, **metrics}
     if as_json:
         _emit_json(payload)
-        return
-    console.print(metrics_table(metrics, f"{resolved.label} on {source}"))
-    if rejected:
-        console.print(f"{sum(rejected.values()):,} rows could not be scored: {rejected}")
+    else:
+        console.print(metrics_table(metrics, f"{resolved.label} on {source}"))
+        if rejected:
+            console.print(f"{sum(rejected.values()):,} rows could not be scored: {rejected}")
+    if seen:
+        err.print(f"[yellow]warning:[/] {seen:,} of {len(texts):,} rows describe goods the model was trained "
+                  "on (same group key as a training row); these scores overstate accuracy on new data")
+
+
+def _rows_seen_in_training(home: Path, dataset_version: Optional[str], texts: list[str]) -> int:
+    from hsops.data.datasets import DatasetNotFound, load_dataset
+    from hsops.data.splits import group_key
+
+    if not dataset_version:
+        return 0
+    try:
+        train_texts, _ = load_dataset(home, dataset_version).part("train")
+    except DatasetNotFound:
+        return 0
+    train_keys = {group_key(t) for t in train_texts}
+    return sum(1 for t in texts if group_key(t) in train_keys)
 
 
 # -- predict --------------------------------------------------------------------------------
@@ -286,7 +323,15 @@ def serve(host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000, 
     import uvicorn
 
     from hsops.platform.local.server import build_app
+    from hsops.registry.index import ALIASES, ModelNotFound, resolve
 
+    try:
+        resolve(hsops_home(), model)
+    except ModelNotFound as exc:
+        if model not in ALIASES:  # a typo or a version that does not exist
+            _fail(str(exc))
+        err.print(f"[yellow]warning:[/] nothing is {model} yet; /v1/predict answers 503 until a "
+                  f"model is trained (`hsops train`) or promoted")
     uvicorn.run(build_app(hsops_home(), model), host=host, port=port, log_level="info")
 
 
@@ -299,8 +344,10 @@ def models_list(ctx: typer.Context, as_json: bool = typer.Option(False, "--json"
     from hsops.registry.index import DEFAULT_MODEL, read_index
 
     entry = read_index(hsops_home()).get("models", {}).get(DEFAULT_MODEL, {})
-    aliases = {v: a for a, v in entry.get("aliases", {}).items()}
-    rows = [{"name": DEFAULT_MODEL, "version": v, "alias": aliases.get(v), **info}
+    aliases: dict[str, list[str]] = {}
+    for alias, version in sorted(entry.get("aliases", {}).items()):
+        aliases.setdefault(version, []).append(alias)
+    rows = [{"name": DEFAULT_MODEL, "version": v, "aliases": aliases.get(v, []), **info}
             for v, info in sorted(entry.get("versions", {}).items(), key=lambda kv: int(kv[0]))]
     if as_json:
         _emit_json(rows)
@@ -309,12 +356,12 @@ def models_list(ctx: typer.Context, as_json: bool = typer.Option(False, "--json"
         console.print("no registered models yet: run `hsops train` (or `make demo`)")
         return
     table = Table(title="Registered models")
-    for col in ("version", "alias", "kind", "dataset", "HS6 top-1", "HS6 top-5", "created", "commit"):
+    for col in ("version", "aliases", "kind", "dataset", "HS6 top-1", "HS6 top-5", "created", "commit"):
         table.add_column(col)
     for r in rows:
         m = r.get("metrics", {})
         pct = lambda k: f"{100 * m[k]:.1f}%" if k in m else "-"  # noqa: E731
-        table.add_row(r["version"], r["alias"] or "", r.get("kind") or "", r.get("dataset_version") or "",
+        table.add_row(r["version"], ", ".join(r["aliases"]), r.get("kind") or "", r.get("dataset_version") or "",
                       pct("hs6_top1"), pct("hs6_top5"), r.get("created_at", ""), (r.get("git_commit") or "")[:8])
     console.print(table)
 

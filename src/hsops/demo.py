@@ -124,8 +124,8 @@ def run_demo(console: Console, as_json: bool = False) -> dict:
     finally:
         stop_server(proc)
     say(predictions_table(SAMPLE_DESCRIPTIONS, answer["predictions"]))
-    say(f"   server stopped. request_id {answer['request_id']}; each line's request_id can be sent "
-        "back later with the true code.")
+    say(f"   server stopped. Each answer is logged in the state store under its request_id "
+        f"({answer['request_id']}-0 ...).")
     say("Next: `hsops predict \"...\"`, `hsops evaluate --model champion --json`, `hsops serve`, "
         "`hsops models`.")
     summary = {"ingest": report.to_dict(), "model_version": version, "alias": alias,

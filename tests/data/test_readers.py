@@ -223,7 +223,7 @@ def test_jsonl_unpaired_surrogate_escape_is_flagged(write_file):
     content = '{"description": "CUPS \\ud800", "hs_code": "392410"}\n' \
               '{"description": "SMILE \\ud83d\\ude00 MUGS", "hs_code": "691200"}\n'
     rows = read(write_file("s.jsonl", content))
-    assert "UTF-8" in rows[0].problem
+    assert "unpaired surrogate" in rows[0].problem
     assert rows[1].problem is None and rows[1].text == "SMILE \U0001F600 MUGS"
 
 
@@ -304,3 +304,54 @@ def test_unclosed_quote_on_the_last_but_one_line(write_file):
     rows = read(write_file("u2.csv", 'description,hs_code\n"BROKEN,392410\nWASHER,731822\n'))
     assert [r.text for r in rows if r.problem is None] == ["WASHER"]
     assert sum(r.problem is not None for r in rows) == 1
+
+
+def test_multiline_quoted_description_with_commas_is_one_row(write_file):
+    # a continuation line that looks like a row on its own must not split the record
+    content = ('description,hs_code\n"ASSORTED KITCHEN LOT:\nPLASTIC BOWLS,392410\nSTEEL SPOONS",821599\n'
+               'AIR FILTER,842131\n')
+    rows = read(write_file("m.csv", content))
+    assert [(r.text, r.label) for r in rows] == [
+        ("ASSORTED KITCHEN LOT:\nPLASTIC BOWLS,392410\nSTEEL SPOONS", "821599"), ("AIR FILTER", "842131")]
+    assert all(r.problem is None for r in rows)
+
+
+def test_gzip_that_is_not_gzip_is_a_file_error(tmp_path):
+    fake = tmp_path / "x.csv.gz"
+    fake.write_bytes(b"description,hs_code\nCUPS,392410\n")
+    with pytest.raises(DataFileError, match="not a valid gzip"):
+        list(read_table(fake))
+
+
+def test_truncated_gzip_is_a_file_error(tmp_path):
+    import gzip
+
+    body = "description,hs_code\n" + "".join(f"PLASTIC CUPS {i},392410\n" for i in range(20000))
+    full = gzip.compress(body.encode())
+    cut = tmp_path / "t.csv.gz"
+    cut.write_bytes(full[: len(full) // 2])
+    with pytest.raises(DataFileError, match="truncated"):
+        list(read_table(cut))
+
+
+def test_latin1_file_with_encoding_option(tmp_path):
+    path = tmp_path / "l.csv"
+    path.write_bytes("description,hs_code\nCAFÉ MUGS,691200\n".encode("latin-1"))
+    default = list(read_table(path))
+    assert default[0].problem and "--encoding" in default[0].problem
+    rows = list(read_table(path, encoding="latin-1"))
+    assert rows[0].problem is None and rows[0].text == "CAFÉ MUGS"
+    with pytest.raises(DataFileError, match="unknown encoding"):
+        read_table(path, encoding="klingon")
+
+
+def test_utf16_file_is_detected_by_its_bom(tmp_path):
+    path = tmp_path / "u16.csv"
+    path.write_bytes("description,hs_code\nAIR FILTER,842131\n".encode("utf-16"))
+    rows = list(read_table(path))
+    assert [(r.text, r.label) for r in rows] == [("AIR FILTER", "842131")]
+
+
+def test_semicolon_separated_and_spaced_column_names(write_file):
+    rows = read(write_file("s.csv", "Item Description;HS Code\nPLASTIC CUPS;3924.10\nWASHER;731822\n"))
+    assert [(r.text, r.label) for r in rows] == [("PLASTIC CUPS", "3924.10"), ("WASHER", "731822")]

@@ -72,3 +72,9 @@ def test_bad_fractions_are_rejected(fractions):
     with pytest.raises(ValueError, match="fractions") as excinfo:
         assign_split("PLASTIC CUPS", fractions=fractions)
     assert str(fractions) in str(excinfo.value)
+
+
+def test_group_key_keeps_letters_of_any_script():
+    assert group_key("Пластиковые чашки 100 шт") == "пластиковыечашкишт"
+    assert group_key("塑料杯 100个") == "塑料杯个"
+    assert group_key("Пластиковые чашки 100 шт") != group_key("Резиновые прокладки 100 шт")

@@ -77,7 +77,7 @@ def test_old_edition_subheading_is_accepted():
 
 
 @pytest.mark.parametrize("problem, reason", [
-    ("row has bytes that are not UTF-8", "not_utf8"),
+    ("row has bytes that are not valid utf-8-sig (pass --encoding cp1252 ...)", "not_utf8"),
     ("row has 3 fields, the header has 2", "malformed_row"),
     ("not valid JSON: Expecting value", "malformed_row"),
 ])

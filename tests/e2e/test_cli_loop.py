@@ -59,7 +59,7 @@ def test_predict_json_answers_with_code_text_confidence(trained_home):
 def test_models_lists_the_champion_with_lineage(trained_home):
     home, _ = trained_home
     rows = json.loads(run(["models", "--json"], home).stdout)
-    assert rows[0]["alias"] == "champion" and rows[0]["dataset_version"].startswith("ds-")
+    assert rows[0]["aliases"] == ["champion"] and rows[0]["dataset_version"].startswith("ds-")
     assert "hs6_top1" in rows[0]["metrics"]
 
 
@@ -75,6 +75,33 @@ def test_clear_errors_and_exit_codes(trained_home, tmp_path):
     assert proc.returncode == 2 and "blank" in proc.stderr
     proc = run(["train", "--model", "nope"], home, check=False)
     assert proc.returncode == 2 and "unknown model kind" in proc.stderr
+    for bad, said in (("epochs=abc", "epochs must be like"), ("nosuch=1", "no hyper-parameter 'nosuch'"),
+                      ("epochs=-1", "epochs must be positive"), ("garbage", "KEY=VALUE")):
+        proc = run(["train", "--param", bad], home, check=False)
+        assert proc.returncode == 2 and said in proc.stderr, (bad, proc.stderr)
+    proc = run(["serve", "--model", "hs-classifier@77"], home, check=False)
+    assert proc.returncode == 2 and "not found" in proc.stderr
+    broken = tmp_path / "broken.csv.gz"
+    broken.write_bytes(b"goods_description,hs_code\nCUPS,392410\n")
+    proc = run(["ingest", str(broken)], home, check=False)
+    assert proc.returncode == 2 and "not a valid gzip" in proc.stderr and "Traceback" not in proc.stderr
+    nothing = write_csv(tmp_path / "nothing.csv", [("THING", "ABC")])
+    proc = run(["ingest", str(nothing)], home, check=False)
+    assert proc.returncode == 1 and "no valid rows" in proc.stderr
+
+
+def test_evaluate_warns_when_rows_were_seen_in_training(trained_home):
+    home, data = trained_home
+    proc = run(["evaluate", "--data", str(data), "--json"], home)
+    out = json.loads(proc.stdout)
+    assert out["rows_seen_in_training"] > 0 and "overstate" in proc.stderr
+
+
+def test_promoting_a_version_to_a_second_alias_lists_both(trained_home):
+    home, _ = trained_home
+    run(["models", "promote", "1", "--alias", "challenger"], home)
+    rows = json.loads(run(["models", "--json"], home).stdout)
+    assert rows[0]["aliases"] == ["challenger", "champion"]
 
 
 @pytest.mark.slow

@@ -44,7 +44,8 @@ def test_alternatives_are_ranks_two_to_k_in_descending_order(predictor, facts):
     codes = [p.hs_code] + [a["hs_code"] for a in p.alternatives]
     assert len(set(codes)) == 4 and set(codes) <= set(facts["codes"])
     for alt in p.alternatives:
-        assert set(alt) == {"hs_code", "hs_description", "confidence"}
+        assert set(alt) == {"hs_code", "hs_description", "in_hs2022", "confidence"}
+        assert alt["in_hs2022"] is nomenclature().exists(alt["hs_code"])
         assert alt["hs_description"] == nomenclature().describe(alt["hs_code"])
 
 
@@ -116,7 +117,7 @@ def test_explanation_names_terms_of_the_text(predictor):
     (p,) = predictor.predict(["PLASTIC WATER BOTTLES 500ML"], explain=True)
     assert p.explanation, "the linear model explains its answers"
     assert all(set(e) == {"term", "weight"} and e["weight"] > 0 for e in p.explanation)
-    text = "plastic water bottles 000ml"  # the model sees digits as 0
+    text = "plastic water bottles 500ml"  # lower-cased, punctuation dropped
     assert all(e["term"] in text for e in p.explanation)
     weights = [e["weight"] for e in p.explanation]
     assert weights == sorted(weights, reverse=True)
@@ -238,3 +239,9 @@ def test_write_index_is_the_registry_contract(home, artifact_dir):
     write_index(home, {"models": {"m": {"versions": {"3": {"artifact": f"artifacts/{artifact_dir.name}"}},
                                         "aliases": {"challenger": "3"}}}})
     assert Predictor.from_registry(home, "m@challenger").model_version == "m@3"
+
+
+def test_explanation_names_each_term_once(predictor):
+    (p,) = predictor.predict(["PLASTIC CUPS PLASTIC CUPS"], explain=True)
+    terms = [e["term"] for e in p.explanation]
+    assert len(terms) == len(set(terms))

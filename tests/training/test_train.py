@@ -59,3 +59,16 @@ def test_evaluate_artifact_matches_training_metrics(dataset, tmp_path):
     assert again["hs6_top1"] == pytest.approx(result.test_metrics["hs6_top1"])
     model, calibration, _ = load_verified(result.artifact_dir)
     assert list(model.classes_) == sorted(set(dataset.hs6))
+
+
+def test_without_dev_rows_the_model_abstains_on_everything(tmp_path):
+    from hsops.serving.predictor import Predictor
+
+    rows = [("PLASTIC CUPS", "392410"), ("AIR FILTER", "842131"), ("USED CLOTHING", "630900")]
+    report = ingest_file(write_csv(tmp_path / "tiny.csv", rows), tmp_path / "home")
+    dataset = load_dataset(tmp_path / "home", report.dataset_version)
+    dataset.splits = ["train"] * len(dataset)  # a dataset too small for a dev split
+    result = train(dataset, tmp_path / "home", params={"epochs": 2, "min_df": 1})
+    assert result.calibration["calibrated"] is False and result.calibration["threshold"] == 1.0
+    predictions = Predictor.from_dir(result.artifact_dir, "t").predict(["PLASTIC CUPS", "AIR FILTER"])
+    assert all(p.abstain for p in predictions)

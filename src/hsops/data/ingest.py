@@ -47,7 +47,7 @@ def file_sha256(path: Path) -> str:
 
 
 def ingest_file(path: str | Path, home: Path, *, text_column: str | None = None,
-                label_column: str | None = None, fmt: str | None = None,
+                label_column: str | None = None, fmt: str | None = None, encoding: str | None = None,
                 on_progress: Callable[[int], None] | None = None) -> IngestReport:
     """Validate ``path`` row by row and store its good rows as a dataset version.
 
@@ -60,7 +60,8 @@ def ingest_file(path: str | Path, home: Path, *, text_column: str | None = None,
     fmt = fmt or detect_format(path)
     accepted: list[LabeledRow] = []
     rejected: list[Rejection] = []
-    for raw in read_table(path, text_column=text_column, label_column=label_column, fmt=fmt):
+    for raw in read_table(path, text_column=text_column, label_column=label_column, fmt=fmt,
+                          encoding=encoding):
         result = validate_row(raw)
         (accepted if isinstance(result, LabeledRow) else rejected).append(result)
         if on_progress and raw.number % 5000 == 0:

@@ -10,10 +10,13 @@ message that says what to do.
 from __future__ import annotations
 
 import collections
+import codecs
 import csv
 import gzip
 import io
 import json
+import re
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +25,20 @@ from pathlib import Path
 # past them (Python's csv module stops at 128 KiB by default).
 csv.field_size_limit(64 * 1024 * 1024)
 
-TEXT_CANDIDATES = ("goods_description", "description", "text", "product_name", "title")
-LABEL_CANDIDATES = ("hs_code", "hscode", "hs6", "code", "label")
+# compared with the column names lower-cased and stripped of everything but letters and
+# digits, so "HS Code", "hs-code" and "HSCODE" all match "hscode"
+TEXT_CANDIDATES = ("goodsdescription", "description", "desc", "text", "productname", "product",
+                   "title", "itemdescription")
+LABEL_CANDIDATES = ("hscode", "hs6", "code", "label", "hs", "tariffcode", "commoditycode", "hts")
 FORMATS = ("csv", "tsv", "jsonl", "parquet")
+
+
+UNDECODABLE = "row has bytes that are not valid"  # prefix of the problem text; reason not_utf8
+
+
+def _undecodable(encoding: str) -> str:
+    hint = " (pass --encoding cp1252 or latin-1 if the file is not UTF-8)" if encoding.startswith("utf-8") else ""
+    return f"{UNDECODABLE} {encoding}{hint}"
 
 
 class DataFileError(ValueError):
@@ -58,10 +72,10 @@ def pick_column(columns: list[str], wanted: str | None, candidates: tuple[str, .
         if wanted not in columns:
             raise DataFileError(f"no {role} column {wanted!r}; the file has columns {columns}")
         return wanted
-    lowered = {c.lower(): c for c in columns}
+    squashed = {re.sub(r"[^a-z0-9]", "", c.lower()): c for c in reversed(columns)}
     for candidate in candidates:
-        if candidate in lowered:
-            return lowered[candidate]
+        if candidate in squashed:
+            return squashed[candidate]
     raise DataFileError(f"cannot find a {role} column among {columns}; name it with {flag}")
 
 
@@ -75,6 +89,44 @@ def _open_binary(path: Path):
     if path.name.lower().endswith(".gz"):
         return gzip.open(path, "rb")
     return open(path, "rb")
+
+
+_BROKEN_COMPRESSION = (gzip.BadGzipFile, EOFError, zlib.error)
+
+
+def _compression_error(path: Path, exc: Exception) -> DataFileError:
+    if isinstance(exc, EOFError):
+        return DataFileError(f"{path.name}: the gzip stream ends early; the file is truncated")
+    return DataFileError(f"{path.name}: not a valid gzip file ({exc})")
+
+
+def sniff_encoding(path: Path, encoding: str | None) -> str:
+    """The given encoding, else UTF-16 when the file starts with its byte-order mark,
+    else UTF-8 (with an optional BOM)."""
+    if encoding:
+        try:
+            codecs.lookup(encoding)
+        except LookupError:
+            raise DataFileError(f"unknown encoding {encoding!r}") from None
+        return encoding
+    with _open_binary(path) as raw:
+        try:
+            head = raw.read(4)
+        except _BROKEN_COMPRESSION as exc:
+            raise _compression_error(path, exc) from None
+    if head[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
+        return "utf-16"
+    return "utf-8-sig"
+
+
+def sniff_delimiter(header_line: str, default: str) -> str:
+    """``;`` or ``|`` instead of ``,`` when the header line clearly uses it (European
+    spreadsheet exports)."""
+    if default != ",":
+        return default
+    counts = {d: header_line.count(d) for d in (",", ";", "|", "\t")}
+    best = max(counts, key=counts.get)
+    return best if counts[best] > counts[","] else ","
 
 
 def _has_undecodable(*values: object) -> bool:
@@ -105,7 +157,13 @@ def _has_lone_surrogate(obj: object) -> bool:
 
 class _LineSource:
     """Lines for ``csv.reader`` that remembers which lines each record consumed and can
-    take lines back, so a record that swallowed later rows can be re-read."""
+    take lines back, so a record that swallowed later rows can be re-read.
+
+    An unclosed quote makes the csv module read on to the end of the file (or the next
+    quote) as one field. We only undo that when the result is certainly broken: a record
+    that spans several lines *and* has the wrong number of fields. Its first line is
+    quarantined and the lines after it are read again as rows. A description quoted
+    across lines with the right number of fields is left alone."""
 
     def __init__(self, stream):
         self._stream = stream
@@ -124,29 +182,17 @@ class _LineSource:
         self._pending.extendleft(reversed(lines))
 
 
-def _swallowed_rows(lines: list[str], delimiter: str, n_fields: int) -> bool:
-    """True when a multi-line record looks like an unclosed quote that ate whole rows:
-    a continuation line is, on its own, a complete row of the right width. The last line
-    is only a suspect when it has no quote at all (the quote then never closed before the
-    end of the file); otherwise it holds the closing quote of a legitimate multi-line
-    description."""
-    suspects = lines[1:-1] + ([lines[-1]] if '"' not in lines[-1] else [])
-    for line in suspects:
-        try:
-            parsed = next(csv.reader([line], delimiter=delimiter), [])
-        except csv.Error:
-            continue
-        if len(parsed) == n_fields:
-            return True
-    return False
-
-
 def _read_delimited(path: Path, delimiter: str, text_column: str | None,
-                    label_column: str | None) -> Iterator[RawRow]:
+                    label_column: str | None, encoding: str) -> Iterator[RawRow]:
     with _open_binary(path) as raw:
-        stream = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
+        stream = io.TextIOWrapper(raw, encoding=encoding, errors="surrogateescape", newline="")
         lines = _LineSource(stream)
-        reader = csv.reader(lines, delimiter=delimiter)
+        try:
+            first = next(lines)
+        except StopIteration:
+            raise DataFileError(f"{path.name}: the file is empty") from None
+        lines.push_back([first])
+        reader = csv.reader(lines, delimiter=sniff_delimiter(first, delimiter))
         try:
             header = next(reader)
         except StopIteration:
@@ -175,7 +221,7 @@ def _read_delimited(path: Path, delimiter: str, text_column: str | None,
                 continue  # a blank line is not a row
             number += 1
             consumed = lines.consumed
-            if len(consumed) > 1 and _swallowed_rows(consumed, delimiter, len(header)):
+            if len(consumed) > 1 and len(fields) != len(header):
                 # an unclosed quote: quarantine its own line, read the rest again as rows
                 lines.push_back(consumed[1:])
                 yield RawRow(number, None, None, _printable({"line": consumed[0].rstrip("\r\n")}),
@@ -186,16 +232,17 @@ def _read_delimited(path: Path, delimiter: str, text_column: str | None,
                 yield RawRow(number, None, None, _printable({"fields": fields}),
                              f"row has {len(fields)} fields, the header has {len(header)}")
             elif _has_undecodable(*fields):
-                yield RawRow(number, None, None, _printable(record), "row has bytes that are not UTF-8")
+                yield RawRow(number, None, None, _printable(record), _undecodable(encoding))
             else:
                 yield RawRow(number, fields[ti], fields[li], record)
         if number == 0:
             raise DataFileError(f"{path.name}: the file has a header but no data rows")
 
 
-def _read_jsonl(path: Path, text_column: str | None, label_column: str | None) -> Iterator[RawRow]:
+def _read_jsonl(path: Path, text_column: str | None, label_column: str | None,
+                encoding: str) -> Iterator[RawRow]:
     with _open_binary(path) as raw:
-        stream = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline=None)
+        stream = io.TextIOWrapper(raw, encoding=encoding, errors="surrogateescape", newline=None)
         number = 0
         columns: tuple[str, str] | None = None
         for line in stream:
@@ -203,7 +250,7 @@ def _read_jsonl(path: Path, text_column: str | None, label_column: str | None) -
                 continue
             number += 1
             if _has_undecodable(line):
-                yield RawRow(number, None, None, _printable({"line": line[:2000]}), "row has bytes that are not UTF-8")
+                yield RawRow(number, None, None, _printable({"line": line[:2000]}), _undecodable(encoding))
                 continue
             try:
                 obj = json.loads(line)
@@ -215,7 +262,7 @@ def _read_jsonl(path: Path, text_column: str | None, label_column: str | None) -
                 continue
             if "\\u" in line and _has_lone_surrogate(obj):
                 yield RawRow(number, None, None, {"line": line[:2000]},
-                             "row has a \\u escape that is not UTF-8 text (an unpaired surrogate)")
+                             f"{UNDECODABLE} text: a \\u escape is an unpaired surrogate")
                 continue
             if columns is None:  # the first object plays the header's part
                 keys = list(obj)
@@ -250,16 +297,29 @@ def _read_parquet(path: Path, text_column: str | None, label_column: str | None)
 
 
 def read_table(path: str | Path, *, text_column: str | None = None, label_column: str | None = None,
-               fmt: str | None = None) -> Iterator[RawRow]:
-    """Yield every data row of ``path``; see the module docstring for error handling."""
+               fmt: str | None = None, encoding: str | None = None) -> Iterator[RawRow]:
+    """Yield every data row of ``path``; see the module docstring for error handling.
+
+    ``encoding`` applies to CSV/TSV/JSONL (default: UTF-8, or UTF-16 when the file
+    starts with its byte-order mark).
+    """
     path = Path(path)
     fmt = fmt or detect_format(path)
-    if fmt == "csv":
-        return _read_delimited(path, ",", text_column, label_column)
-    if fmt == "tsv":
-        return _read_delimited(path, "\t", text_column, label_column)
-    if fmt == "jsonl":
-        return _read_jsonl(path, text_column, label_column)
+    if fmt not in FORMATS:
+        raise DataFileError(f"unknown format {fmt!r}; choose one of {FORMATS}")
     if fmt == "parquet":
         return _read_parquet(path, text_column, label_column)
-    raise DataFileError(f"unknown format {fmt!r}; choose one of {FORMATS}")
+    encoding = sniff_encoding(path, encoding)
+    if fmt == "jsonl":
+        rows = _read_jsonl(path, text_column, label_column, encoding)
+    else:
+        rows = _read_delimited(path, "\t" if fmt == "tsv" else ",", text_column, label_column, encoding)
+    return _guard_compression(path, rows)
+
+
+def _guard_compression(path: Path, rows: Iterator[RawRow]) -> Iterator[RawRow]:
+    """A corrupt or truncated .gz surfaces mid-read; report it as a file error."""
+    try:
+        yield from rows
+    except _BROKEN_COMPRESSION as exc:
+        raise _compression_error(path, exc) from None

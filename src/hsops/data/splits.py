@@ -10,20 +10,17 @@ seed: stable across runs, machines and row order.
 from __future__ import annotations
 
 import hashlib
-import re
 
 SPLITS = ("train", "dev", "test")
 DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
-_NOT_LETTER = re.compile(r"[^a-z]+")
-_NOT_ALNUM = re.compile(r"[^a-z0-9]+")
 
 
 def group_key(text: str) -> str:
-    """Letters of the lower-cased description; a description with no letters at all
-    (a bare part number) keeps its digits, so such rows do not all collapse into one
-    group."""
+    """Letters of the lower-cased description (any script, not only a-z); a description
+    with no letters at all (a bare part number) keeps its digits, so such rows do not
+    all collapse into one group."""
     lowered = text.lower()
-    return _NOT_LETTER.sub("", lowered) or _NOT_ALNUM.sub("", lowered)
+    return "".join(ch for ch in lowered if ch.isalpha()) or "".join(ch for ch in lowered if ch.isalnum())
 
 
 def assign_split(text: str, *, seed: str = "hsops", fractions=DEFAULT_FRACTIONS) -> str:

@@ -10,7 +10,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-from hsops.data.readers import RawRow
+from hsops.data.readers import UNDECODABLE, RawRow
 from hsops.domain.codes import HSCode, InvalidCode, normalise_code
 
 MAX_TEXT_CHARS = 2000
@@ -56,7 +56,7 @@ def check_text(value: object) -> tuple[str | None, str | None, str | None]:
 
 def validate_row(row: RawRow) -> LabeledRow | Rejection:
     if row.problem is not None:
-        reason = "not_utf8" if "UTF-8" in row.problem else "malformed_row"
+        reason = "not_utf8" if row.problem.startswith(UNDECODABLE) else "malformed_row"
         return Rejection(row.number, reason, row.problem, row.record)
     text, reason, message = check_text(row.text)
     if text is None:

@@ -98,8 +98,38 @@ def model_class(kind: str) -> type[Classifier]:
     return getattr(module, attr)
 
 
+def check_params(cls: type[Classifier], params: dict) -> dict:
+    """Hyper-parameters checked against the constructor: unknown names and values of
+    the wrong type are refused with a message that lists what is accepted."""
+    signature = inspect.signature(cls.__init__).parameters
+    accepted = {n: p.default for n, p in signature.items() if p.kind is p.KEYWORD_ONLY}
+    checked = {}
+    for name, value in params.items():
+        if name not in accepted:
+            raise ValueError(f"{cls.kind} has no hyper-parameter {name!r}; accepted: {sorted(accepted)}")
+        default = accepted[name]
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif isinstance(default, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            value = float(value) if ok else value
+        elif isinstance(default, tuple):
+            ok = isinstance(value, (list, tuple)) and len(value) == len(default)
+            value = tuple(value) if ok else value
+        else:
+            ok = True
+        if not ok:
+            raise ValueError(f"{cls.kind}: {name} must be like {default!r} "
+                             f"({type(default).__name__}), got {value!r}")
+        checked[name] = value
+    return checked
+
+
 def create(kind: str, **params) -> Classifier:
-    return model_class(kind)(**params)
+    cls = model_class(kind)
+    return cls(**check_params(cls, params))
 
 
 def load_model(directory: Path) -> Classifier:

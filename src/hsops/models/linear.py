@@ -115,6 +115,7 @@ class TfidfLinearClassifier(Classifier):
         """Fit on ``texts``/``labels``; with ``eval_set=(texts, labels)`` keep the epoch
         with the best top-1 accuracy on it (early stopping)."""
         check_training_input(texts, labels)
+        self._check_hyper_parameters()
         self.classes_ = np.array(sorted(set(labels)))
         class_index = {c: i for i, c in enumerate(self.classes_)}
         self.featurizer_ = TfidfFeaturizer(char_ngrams=tuple(self.char_ngrams), min_df=self.min_df,
@@ -153,6 +154,20 @@ class TfidfLinearClassifier(Classifier):
         self._set_weights(*best)
         return self
 
+    def _check_hyper_parameters(self) -> None:
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "min_df": self.min_df,
+                    "top_k_classes": self.top_k_classes, "learning_rate": self.learning_rate}
+        for name, value in positive.items():
+            if not value > 0:
+                raise ValueError(f"{name} must be positive, got {value!r}")
+        low, high = self.char_ngrams
+        if not 1 <= low <= high <= 10:
+            raise ValueError(f"char_ngrams must be (low, high) with 1 <= low <= high <= 10, got {self.char_ngrams}")
+        if self.max_features is not None and self.max_features < 1:
+            raise ValueError(f"max_features must be positive or None, got {self.max_features!r}")
+        if self.weights_per_class is not None and self.weights_per_class < 0:
+            raise ValueError(f"weights_per_class must be >= 0 (0: no cap), got {self.weights_per_class!r}")
+
     def _sparsify(self, dense: np.ndarray) -> sparse.csr_matrix:
         """Exact zeros dropped; past ``weights_per_class`` per class, the smallest too."""
         matrix = sparse.csc_matrix(dense)
@@ -183,12 +198,20 @@ class TfidfLinearClassifier(Classifier):
         return softmax(self.decision_function(texts))
 
     def feature_contributions(self, text: str, class_index: int, top: int = 5) -> list[tuple[str, float]]:
-        """The terms of ``text`` that pushed most towards class ``class_index``."""
+        """The terms of ``text`` that pushed most towards class ``class_index``.
+
+        A word shows up as a word feature and as boundary n-grams (" air", "air "), so
+        contributions are summed per term with the boundary spaces dropped: each term
+        is named once, with its whole weight.
+        """
         x = self.featurizer_.transform([text])
         column = self.weights_[:, class_index].toarray().ravel()
-        contrib = [(int(j), float(v * column[j])) for j, v in zip(x.indices, x.data)]
-        contrib.sort(key=lambda item: -item[1])
-        return [(self.featurizer_.term(j)[1].strip(), c) for j, c in contrib[:top] if c > 0]
+        totals: dict[str, float] = {}
+        for j, v in zip(x.indices, x.data):
+            term = self.featurizer_.term(int(j))[1].strip()
+            totals[term] = totals.get(term, 0.0) + float(v * column[j])
+        ranked = sorted(totals.items(), key=lambda item: -item[1])
+        return [(term, weight) for term, weight in ranked[:top] if weight > 0]
 
     # -- files ---------------------------------------------------------------------------
     def save(self, directory: Path) -> None:

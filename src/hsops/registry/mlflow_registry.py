@@ -99,10 +99,12 @@ class Registry:
     # -- reading -------------------------------------------------------------------------
     def versions(self, name: str = DEFAULT_MODEL) -> list[dict]:
         index = read_index(self.home).get("models", {}).get(name, {})
-        aliases = {v: a for a, v in index.get("aliases", {}).items()}
+        aliases: dict[str, list[str]] = {}
+        for alias, version in sorted(index.get("aliases", {}).items()):
+            aliases.setdefault(version, []).append(alias)
         out = []
         for version, info in sorted(index.get("versions", {}).items(), key=lambda kv: int(kv[0])):
-            out.append({"name": name, "version": version, "alias": aliases.get(version), **info})
+            out.append({"name": name, "version": version, "aliases": aliases.get(version, []), **info})
         return out
 
     def _sync_index(self, name: str) -> None:

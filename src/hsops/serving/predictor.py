@@ -64,6 +64,11 @@ class Calibration:
             raise ArtifactError(f"{path}: threshold must be within [0, 1], got {threshold!r}")
         return cls(temperature, threshold, target)
 
+    def abstains(self, confidence: float) -> bool:
+        # threshold 1.0 marks an uncalibrated model: it abstains even on a confidence
+        # that rounds to exactly 1.0
+        return confidence < self.threshold or self.threshold >= 1.0
+
     def apply(self, proba: np.ndarray) -> np.ndarray:
         logits = np.log(np.clip(proba, 1e-12, 1.0)) / self.temperature
         logits -= logits.max(axis=1, keepdims=True)
@@ -77,6 +82,7 @@ class Prediction:
 
     hs_code: str
     hs_description: str
+    in_hs2022: bool
     confidence: float
     alternatives: list[dict]
     abstain: bool
@@ -105,6 +111,7 @@ class Predictor:
         self.manifest = manifest or {}
         self._codes = [_hs6(c) for c in model.classes_]
         self._describe = nomenclature().describe
+        self._hs2022 = {c for c in self._codes if nomenclature().exists(c)}
 
     def __repr__(self) -> str:
         return (f"Predictor(model_version={self.model_version!r}, kind={self.model.kind!r}, "
@@ -152,7 +159,8 @@ class Predictor:
         out = []
         for text, row, order in zip(texts, proba, ranked):
             ranks = [{"hs_code": self._codes[j], "hs_description": self._describe(self._codes[j]),
-                      "confidence": float(row[j])} for j in order]
+                      "in_hs2022": self._codes[j] in self._hs2022, "confidence": float(row[j])}
+                     for j in order]
             best = ranks[0]
             explanation = None
             if explainer is not None:
@@ -160,8 +168,8 @@ class Predictor:
                                for term, weight in explainer(text, int(order[0]), top=EXPLAIN_TERMS)]
             out.append(Prediction(
                 hs_code=best["hs_code"], hs_description=best["hs_description"],
-                confidence=best["confidence"], alternatives=ranks[1:],
-                abstain=best["confidence"] < self.calibration.threshold,
+                in_hs2022=best["in_hs2022"], confidence=best["confidence"], alternatives=ranks[1:],
+                abstain=self.calibration.abstains(best["confidence"]),
                 explanation=explanation, model_version=self.model_version))
         return out
 

@@ -43,6 +43,7 @@ def predict_request_model(max_items: int, max_text_chars: int) -> type[BaseModel
 class Alternative(BaseModel):
     hs_code: str
     hs_description: str
+    in_hs2022: bool
     confidence: float
 
 
@@ -53,14 +54,17 @@ class Term(BaseModel):
 
 class PredictionOut(BaseModel):
     hs_code: str = Field(description="6-digit HS subheading")
-    hs_description: str
+    hs_description: str = Field(description="HS 2022 text; for a code of an older edition, the "
+                                            "text of its nearest HS 2022 level, marked as such")
+    in_hs2022: bool = Field(description="False when hs_code is a subheading of an older HS edition "
+                                        "that the training labels still used")
     confidence: float = Field(description="Calibrated probability of hs_code")
     alternatives: list[Alternative] = Field(description="Ranks 2..top_k")
     abstain: bool = Field(description="True when confidence is below the model's threshold: "
                                       "route to a person")
     explanation: list[Term] | None
     model_version: str
-    request_id: str = Field(description="Send this back with the true code (POST /v1/feedback)")
+    request_id: str = Field(description="The id this answer is logged under in the state store")
 
 
 class PredictResponse(BaseModel):

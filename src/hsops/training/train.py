@@ -109,9 +109,16 @@ def train(dataset: Dataset, home: Path, *, kind: str = "linear", params: dict | 
                        test_metrics, metadata["git_commit"], getattr(model, "history_", []))
 
 
+MIN_DEV_ROWS = 20
+
+
 def _calibrate(model, dev_x: list[str], dev_y: list[str], target_accuracy: float) -> dict:
-    if not dev_x:
-        return {"temperature": 1.0, "threshold": 0.0, "target_accuracy": target_accuracy}
+    if len(dev_x) < MIN_DEV_ROWS:
+        # Too few rows to know where the model is right: abstain on everything rather
+        # than answer everything with unearned confidence.
+        return {"temperature": 1.0, "threshold": 1.0, "target_accuracy": target_accuracy,
+                "calibrated": False, "dev_rows": len(dev_x),
+                "note": f"fewer than {MIN_DEV_ROWS} dev rows: the model abstains on every answer"}
     raw = model.predict_proba(dev_x)
     index = {c: i for i, c in enumerate(model.classes_)}
     target = np.array([index.get(y, -1) for y in dev_y])
@@ -120,7 +127,8 @@ def _calibrate(model, dev_x: list[str], dev_y: list[str], target_accuracy: float
     top = proba.argmax(axis=1)
     threshold = choose_threshold(proba[np.arange(len(top)), top],
                                  model.classes_[top] == np.array(dev_y), target_accuracy)
-    return {"temperature": temperature, "threshold": threshold, "target_accuracy": target_accuracy}
+    return {"temperature": temperature, "threshold": threshold, "target_accuracy": target_accuracy,
+            "calibrated": True, "dev_rows": len(dev_x)}
 
 
 def _metrics(model, texts: list[str], labels: list[str], calibration: dict) -> dict:
