@@ -35,6 +35,12 @@ def serving_probe(artifact_dir: Path, texts: list[str]) -> dict:
     """Load the Predictor in a fresh process (as a serving replica would) and time it."""
     code = f"""
 import json, resource, statistics, sys, time
+def peak_rss_mib():
+    # VmHWM is this process's own high-water mark; ru_maxrss survives exec and would
+    # report the parent's training peak
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
 t0 = time.perf_counter()
 from hsops.serving.predictor import Predictor
 p = Predictor.from_dir({str(artifact_dir)!r}, "bench")
@@ -51,7 +57,7 @@ single.sort()
 print(json.dumps({{"cold_load_s": load_s, "single_p50_ms": 1000 * statistics.median(single),
     "single_p99_ms": 1000 * single[int(0.99 * len(single)) - 1], "batch256_ms": 1000 * batch_s,
     "throughput_per_s": len(texts) / all_s,
-    "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    "peak_rss_mib": peak_rss_mib(),
     "heavy_modules": sorted(m for m in ("torch", "mlflow", "pandas", "sklearn") if m in sys.modules)}}))
 """
     out = subprocess.run([sys.executable, "-c", code], input=json.dumps(texts), capture_output=True,

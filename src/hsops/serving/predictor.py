@@ -154,7 +154,11 @@ class Predictor:
             return []
         proba = self.calibration.apply(np.asarray(self.model.predict_proba(texts), dtype=np.float64))
         k = min(top_k, proba.shape[1])
-        ranked = np.argsort(-proba, axis=1, kind="stable")[:, :k]
+        # partition out the top k, then sort only those: O(classes) per row, not a full sort
+        top = np.argpartition(-proba, k - 1, axis=1)[:, :k] if k < proba.shape[1] else \
+            np.tile(np.arange(proba.shape[1]), (len(proba), 1))
+        order = np.argsort(-np.take_along_axis(proba, top, axis=1), axis=1, kind="stable")
+        ranked = np.take_along_axis(top, order, axis=1)
         explainer = getattr(self.model, "feature_contributions", None) if explain else None
         out = []
         for text, row, order in zip(texts, proba, ranked):
