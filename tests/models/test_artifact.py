@@ -4,6 +4,7 @@ import os
 import numpy as np
 import pytest
 
+from hsops._hashing import sha256_file
 from hsops.models import artifact
 from hsops.models.artifact import (
     MANIFEST,
@@ -83,12 +84,17 @@ def test_pickles_and_code_are_not_exported(tmp_path, name):
     assert not (d / MANIFEST).exists()
 
 
+def _list_in_manifest(d, name, path):
+    """Add ``path`` to the manifest of ``d`` under ``name``, with a correct hash."""
+    manifest = json.loads((d / MANIFEST).read_text(encoding="utf-8"))
+    manifest["files"][name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+    (d / MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
+
+
 def test_manifest_naming_a_pickle_is_refused(tmp_path):
     d = make_artifact(tmp_path / "a")
     (d / "model.pkl").write_bytes(b"\x80\x04K\x01.")
-    manifest = json.loads((d / MANIFEST).read_text(encoding="utf-8"))
-    manifest["files"]["model.pkl"] = {"sha256": artifact._sha256(d / "model.pkl"), "bytes": 5}
-    (d / MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
+    _list_in_manifest(d, "model.pkl", d / "model.pkl")
     with pytest.raises(ArtifactError, match="model.pkl: forbidden"):
         verify(d)
 
@@ -96,9 +102,7 @@ def test_manifest_naming_a_pickle_is_refused(tmp_path):
 def test_manifest_with_a_path_outside_is_refused(tmp_path):
     d = make_artifact(tmp_path / "a")
     (tmp_path / "outside.json").write_text("{}", encoding="utf-8")
-    manifest = json.loads((d / MANIFEST).read_text(encoding="utf-8"))
-    manifest["files"]["../outside.json"] = {"sha256": artifact._sha256(tmp_path / "outside.json"), "bytes": 2}
-    (d / MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
+    _list_in_manifest(d, "../outside.json", tmp_path / "outside.json")
     with pytest.raises(ArtifactError, match="forbidden"):
         verify(d)
 

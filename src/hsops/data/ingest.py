@@ -3,7 +3,6 @@ the good ones. The report counts every row: ``rows_read == accepted + quarantine
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections import Counter
@@ -12,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from hsops._hashing import sha256_file
 from hsops.data.datasets import save_dataset
 from hsops.data.readers import detect_format, read_table
 from hsops.data.validation import LabeledRow, Rejection, validate_row
@@ -38,14 +38,6 @@ class IngestReport:
         return asdict(self)
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def ingest_file(path: str | Path, home: Path, *, text_column: str | None = None,
                 label_column: str | None = None, fmt: str | None = None, encoding: str | None = None,
                 on_progress: Callable[[int], None] | None = None) -> IngestReport:
@@ -67,11 +59,12 @@ def ingest_file(path: str | Path, home: Path, *, text_column: str | None = None,
         if on_progress and raw.number % 5000 == 0:
             on_progress(raw.number)
 
+    source_sha256 = sha256_file(path)
     quarantine_file = None
     if rejected:
         qdir = Path(home) / "quarantine"
         qdir.mkdir(parents=True, exist_ok=True)
-        target = qdir / f"{file_sha256(path)[:16]}.jsonl"
+        target = qdir / f"{source_sha256[:16]}.jsonl"
         tmp = target.with_suffix(".jsonl.tmp")
         with open(tmp, "w", encoding="utf-8") as out:
             for r in rejected:
@@ -83,7 +76,7 @@ def ingest_file(path: str | Path, home: Path, *, text_column: str | None = None,
 
     version, new = None, False
     if accepted:
-        meta = {"source": path.name, "source_sha256": file_sha256(path), "format": fmt,
+        meta = {"source": path.name, "source_sha256": source_sha256, "format": fmt,
                 "text_column": text_column, "label_column": label_column,
                 "ingested_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         version, new = save_dataset(home, accepted, meta)

@@ -19,20 +19,14 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from hsops._hashing import sha256_file
+
 MANIFEST = "manifest.json"
 ALLOWED_SUFFIXES = {".json", ".npz", ".onnx", ".safetensors", ".txt"}
 
 
 class ArtifactError(RuntimeError):
     """An artifact directory that is incomplete, tampered with or of a forbidden type."""
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def write_manifest(directory: Path, metadata: dict) -> dict:
@@ -44,7 +38,7 @@ def write_manifest(directory: Path, metadata: dict) -> dict:
             continue
         if not path.is_file() or path.suffix not in ALLOWED_SUFFIXES:
             raise ArtifactError(f"{path.name}: only plain files of types {sorted(ALLOWED_SUFFIXES)} may be exported")
-        files[path.name] = {"sha256": _sha256(path), "bytes": path.stat().st_size}
+        files[path.name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
     manifest = {"format": "hsops.artifact/1", "files": files, "metadata": metadata}
     (directory / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
     return manifest
@@ -81,7 +75,7 @@ def verify(directory: Path) -> dict:
             raise ArtifactError(f"{name}: forbidden file in manifest")
         if not path.is_file():
             raise ArtifactError(f"{directory}: {name} is listed in the manifest but missing")
-        if _sha256(path) != entry["sha256"]:
+        if sha256_file(path) != entry["sha256"]:
             raise ArtifactError(f"{directory}: {name} does not match its SHA-256 in the manifest")
     return manifest
 
