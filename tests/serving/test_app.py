@@ -395,3 +395,16 @@ def test_model_not_found_message_is_passed_on():
     client = TestClient(create_app(source))
     assert_error(client.post("/v1/predict", json={"descriptions": ["x"]}), 503, "no_model",
                  "no registered model 'hs-classifier'", "hsops train")
+
+
+def test_models_endpoint_lists_versions_with_aliases(registered, registrar, golden_artifact):
+    registrar(registered, golden_artifact, "2", aliases=("challenger",),
+              calibration={"temperature": 1.5, "threshold": 0.2, "target_accuracy": 0.9})
+    app = create_app(RegistrySource(registered), registry_home=registered)
+    rows = TestClient(app).get("/v1/models").json()
+    assert [(r["version"], r["aliases"]) for r in rows] == [("1", ["champion"]), ("2", ["challenger"])]
+    assert rows[0]["name"] == "hs-classifier"
+
+
+def test_models_endpoint_without_a_registry_is_empty(predictor):
+    assert TestClient(create_app(lambda: predictor)).get("/v1/models").json() == []

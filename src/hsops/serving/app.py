@@ -25,6 +25,7 @@ import math
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
@@ -35,9 +36,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hsops import __version__
 from hsops.models.artifact import ArtifactError
-from hsops.registry.index import ModelNotFound
+from hsops.registry.index import ModelNotFound, read_index
 from hsops.serving.predictor import PredictionSink, Predictor
-from hsops.serving.schemas import ErrorBody, Health, PredictResponse, predict_request_model
+from hsops.serving.schemas import ErrorBody, Health, ModelVersionOut, PredictResponse, predict_request_model
 
 log = logging.getLogger("hsops.serving")
 
@@ -234,8 +235,11 @@ def _current(predictor_source: Callable[[], Predictor]) -> Predictor:
 
 def create_app(predictor_source: Callable[[], Predictor], sink: PredictionSink | None = None, *,
                max_items: int = 256, max_text_chars: int = 2000,
-               max_body_bytes: int = 1_000_000) -> FastAPI:
-    """The API over whatever ``predictor_source()`` returns at each request."""
+               max_body_bytes: int = 1_000_000, registry_home: Path | None = None) -> FastAPI:
+    """The API over whatever ``predictor_source()`` returns at each request.
+
+    With ``registry_home``, ``GET /v1/models`` lists the registered versions (read from
+    the registry's JSON index, not MLflow)."""
     PredictRequest = predict_request_model(max_items, max_text_chars)
     app = FastAPI(title="hsops prediction API", version=__version__,
                   description="Harmonized System (HS) code prediction with confidence, alternatives "
@@ -261,6 +265,23 @@ def create_app(predictor_source: Callable[[], Predictor], sink: PredictionSink |
         if sink is not None:
             _log(sink, request_id, body.descriptions, items)
         return {"request_id": request_id, "model_version": predictor.model_version, "predictions": items}
+
+    @app.get("/v1/models", response_model=list[ModelVersionOut], responses=_ERROR_RESPONSES)
+    def models() -> Any:
+        """Registered model versions with their aliases, lineage and test-split metrics."""
+        if registry_home is None:
+            return []
+        out = []
+        for name, entry in sorted(read_index(registry_home).get("models", {}).items()):
+            aliases: dict[str, list[str]] = {}
+            for alias, version in sorted(entry.get("aliases", {}).items()):
+                aliases.setdefault(str(version), []).append(alias)
+            for version, info in sorted(entry.get("versions", {}).items(), key=lambda kv: int(kv[0])):
+                metrics = {k: v for k, v in info.get("metrics", {}).items() if isinstance(v, (int, float))}
+                out.append({"name": name, "version": version, "aliases": aliases.get(version, []),
+                            **{k: info.get(k) for k in ("kind", "dataset_version", "git_commit", "created_at")},
+                            "metrics": metrics})
+        return out
 
     @app.get("/healthz", response_model=Health, responses={503: {"model": Health}})
     def healthz() -> Any:

@@ -79,6 +79,17 @@ class Health(BaseModel):
     message: str | None = None
 
 
+class ModelVersionOut(BaseModel):
+    name: str
+    version: str
+    aliases: list[str]
+    kind: str | None = None
+    dataset_version: str | None = None
+    git_commit: str | None = None
+    created_at: str | None = None
+    metrics: dict[str, float] = Field(default_factory=dict, description="Test-split metrics")
+
+
 class ErrorBody(BaseModel):
     error: str = Field(description="Short machine-readable code, e.g. invalid_input")
     message: str = Field(description="What was wrong, for a person")

@@ -17,7 +17,7 @@ from hsops.serving.predictor import RegistrySource
 
 
 def build_app(home: Path, ref: str = "champion"):
-    return create_app(RegistrySource(home, ref), sink=StateStore(home))
+    return create_app(RegistrySource(home, ref), sink=StateStore(home), registry_home=home)
 
 
 def app_from_env():
