@@ -282,17 +282,19 @@ def predict(texts: list[str] = typer.Argument(..., help="one or more product des
         predictor = Predictor.from_registry(hsops_home(), model)
     except (ModelNotFound, ArtifactError) as exc:
         _fail(str(exc))
-    predictions = predictor.predict(list(texts), top_k=top_k, explain=explain)
+    import uuid
+
+    from hsops.platform.local.state_store import StateStore
+    from hsops.serving.predictor import log_answers
+
+    batch_id = uuid.uuid4().hex
+    items = [{**p.to_dict(), "request_id": f"{batch_id}-{i}"}
+             for i, p in enumerate(predictor.predict(list(texts), top_k=top_k, explain=explain))]
+    log_answers(StateStore(hsops_home()), batch_id, list(texts), items)  # as the HTTP API does
     if as_json:
-        _emit_json([{"description": t, **_as_dict(p)} for t, p in zip(texts, predictions)])
+        _emit_json([{"description": t, **item} for t, item in zip(texts, items)])
         return
-    console.print(predictions_table(list(texts), [_as_dict(p) for p in predictions]))
-
-
-def _as_dict(prediction) -> dict:
-    from dataclasses import asdict, is_dataclass
-
-    return asdict(prediction) if is_dataclass(prediction) else dict(prediction)
+    console.print(predictions_table(list(texts), items))
 
 
 def predictions_table(texts: list[str], predictions: list[dict]) -> Table:

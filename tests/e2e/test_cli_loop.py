@@ -54,6 +54,10 @@ def test_predict_json_answers_with_code_text_confidence(trained_home):
     assert out[0]["hs_code"] == "392410"
     assert "plastics" in out[0]["hs_description"].lower()
     assert 0 < out[0]["confidence"] <= 1 and out[0]["model_version"] == "hs-classifier@1"
+    from hsops.platform.local.state_store import StateStore
+
+    logged = StateStore(home).get_prediction(out[0]["request_id"])
+    assert logged["hs_code"] == "392410" and logged["text"] == "100 CTNS X 44 PCS PLASTIC STORAGE BOWLS"
 
 
 def test_models_lists_the_champion_with_lineage(trained_home):

@@ -24,7 +24,6 @@ import logging
 import math
 import uuid
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from hsops import __version__
 from hsops.models.artifact import ArtifactError
 from hsops.registry.index import ModelNotFound, read_index
-from hsops.serving.predictor import PredictionSink, Predictor
+from hsops.serving.predictor import PredictionSink, Predictor, log_answers
 from hsops.serving.schemas import ErrorBody, Health, ModelVersionOut, PredictResponse, predict_request_model
 
 log = logging.getLogger("hsops.serving")
@@ -263,7 +262,7 @@ def create_app(predictor_source: Callable[[], Predictor], sink: PredictionSink |
                            f"prediction failed; quote request id {request_id} when reporting it") from exc
         items = [{**p.to_dict(), "request_id": f"{request_id}-{i}"} for i, p in enumerate(predictions)]
         if sink is not None:
-            _log(sink, request_id, body.descriptions, items)
+            log_answers(sink, request_id, body.descriptions, items)
         return {"request_id": request_id, "model_version": predictor.model_version, "predictions": items}
 
     @app.get("/v1/models", response_model=list[ModelVersionOut], responses=_ERROR_RESPONSES)
@@ -295,21 +294,3 @@ def create_app(predictor_source: Callable[[], Predictor], sink: PredictionSink |
         return {"status": "ok", "model_version": predictor.model_version}
 
     return app
-
-
-def _log(sink: PredictionSink, batch_id: str, texts: list[str], items: list[dict]) -> None:
-    """Record each answer under its request id.
-
-    A failing sink is logged, not raised: the caller already has a valid answer and
-    refusing it because the log is down would turn a monitoring gap into an outage.
-    """
-    created_at = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-    rows = [{"request_id": item["request_id"], "batch_id": batch_id, "created_at": created_at,
-             "text": text, "hs_code": item["hs_code"], "confidence": item["confidence"],
-             "abstain": item["abstain"], "model_version": item["model_version"],
-             "alternatives": item["alternatives"]}
-            for text, item in zip(texts, items)]
-    try:
-        sink.log_predictions(rows)
-    except Exception:
-        log.exception("could not log %d predictions of request %s", len(rows), batch_id)

@@ -18,8 +18,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import logging
 import threading
 from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -30,6 +32,8 @@ from hsops.models import artifact
 from hsops.models.artifact import ArtifactError
 from hsops.models.base import Classifier, load_model
 from hsops.registry.index import index_path, resolve
+
+log = logging.getLogger("hsops.serving")
 
 CALIBRATION_FILE = "calibration.json"
 MAX_TOP_K = 20
@@ -229,3 +233,21 @@ class RegistrySource:
                 predictor = Predictor.from_dir(resolved.artifact_dir, resolved.label)
             self._current = (stamp, predictor)
             return predictor
+
+
+def log_answers(sink: "PredictionSink", batch_id: str, texts: list[str], items: list[dict]) -> None:
+    """Record each answer under its request id.
+
+    A failing sink is logged, not raised: the caller already has a valid answer and
+    refusing it because the log is down would turn a monitoring gap into an outage.
+    """
+    created_at = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    rows = [{"request_id": item["request_id"], "batch_id": batch_id, "created_at": created_at,
+             "text": text, "hs_code": item["hs_code"], "confidence": item["confidence"],
+             "abstain": item["abstain"], "model_version": item["model_version"],
+             "alternatives": item["alternatives"]}
+            for text, item in zip(texts, items)]
+    try:
+        sink.log_predictions(rows)
+    except Exception:
+        log.exception("could not log %d predictions of request %s", len(rows), batch_id)
