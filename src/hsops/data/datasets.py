@@ -13,13 +13,13 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from hsops._fs import staging_dir
 from hsops.data.splits import assign_split
 from hsops.data.validation import LabeledRow
 
@@ -67,8 +67,7 @@ def save_dataset(home: Path, rows: list[LabeledRow], meta: dict) -> tuple[str, b
     final = root / version
     if (final / "dataset.json").is_file():
         return version, False
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
+    staging = staging_dir(root)
     try:
         table = pa.table({
             "text": [r.text for r in rows],

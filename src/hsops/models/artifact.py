@@ -16,9 +16,9 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
+from hsops._fs import staging_dir
 from hsops._hashing import sha256_file
 
 MANIFEST = "manifest.json"
@@ -96,7 +96,7 @@ def publish(staging: Path, root: Path) -> Path:
             shutil.rmtree(staging, ignore_errors=True)
             return final
         # staging on another filesystem: copy next to root, then rename
-        tmp = Path(tempfile.mkdtemp(prefix=".incoming-", dir=root))
+        tmp = staging_dir(root, prefix=".incoming-")
         try:
             shutil.copytree(staging, tmp, dirs_exist_ok=True)
             os.rename(tmp, final)
@@ -106,10 +106,3 @@ def publish(staging: Path, root: Path) -> Path:
                 raise
         shutil.rmtree(staging, ignore_errors=True)
     return final
-
-
-def staging_dir(root: Path) -> Path:
-    """A fresh staging directory on the same filesystem as ``root`` (for atomic rename)."""
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=".staging-", dir=root))

@@ -15,6 +15,7 @@ import os
 from datetime import datetime, timezone
 from pathlib import Path
 
+from hsops._fs import file_lock
 from hsops.registry.index import ALIASES, DEFAULT_MODEL, read_index, write_index
 
 EXPERIMENT = "hsops"
@@ -45,6 +46,12 @@ class Registry:
 
     # -- writing -------------------------------------------------------------------------
     def register(self, result, *, name: str = DEFAULT_MODEL, alias: str | None = None) -> str:
+        # one writer at a time: two trainings finishing together must not interleave
+        # their version checks and index rewrites
+        with file_lock(self.home / "registry" / ".lock"):
+            return self._register(result, name=name, alias=alias)
+
+    def _register(self, result, *, name: str, alias: str | None) -> str:
         """Log a TrainResult as a run and a new model version; return the version.
 
         Idempotent: an artifact that is already registered (the same content address,
@@ -56,7 +63,7 @@ class Registry:
         for existing in self.versions(name):
             if (self.home / existing["artifact"]).resolve() == artifact_dir.resolve():
                 if alias:
-                    self.set_alias(alias, existing["version"], name=name, reason="re-registered")
+                    self._set_alias(alias, existing["version"], name=name, reason="re-registered")
                 return existing["version"]
         tags = {"dataset_version": result.dataset_version, "model_kind": result.kind,
                 "git_commit": result.git_commit or "unknown", "artifact_dir": str(artifact_dir)}
@@ -83,10 +90,14 @@ class Registry:
                                                    tags=tags).version
         self._sync_index(name)
         if alias:
-            self.set_alias(alias, str(version), name=name, reason="registered with alias")
+            self._set_alias(alias, str(version), name=name, reason="registered with alias")
         return str(version)
 
     def set_alias(self, alias: str, version: str, *, name: str = DEFAULT_MODEL, reason: str = "") -> None:
+        with file_lock(self.home / "registry" / ".lock"):
+            self._set_alias(alias, version, name=name, reason=reason)
+
+    def _set_alias(self, alias: str, version: str, *, name: str, reason: str) -> None:
         if alias not in ALIASES:
             raise ValueError(f"unknown alias {alias!r}; use one of {ALIASES}")
         self.client.get_model_version(name, version)  # raises when it does not exist
