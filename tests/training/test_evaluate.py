@@ -29,3 +29,15 @@ def test_unseen_labels_counted_and_empty_rejected():
     assert evaluate_proba(proba, CLASSES, ["010121"])["unseen_label_rows"] == 1
     with pytest.raises(ValueError):
         evaluate_proba(np.zeros((0, 4)), CLASSES, [])
+
+
+def test_ranked_and_probability_paths_agree():
+    from hsops.training.evaluate import evaluate_ranked, rank_top
+
+    rng = np.random.default_rng(3)
+    proba = rng.dirichlet(np.ones(4), size=40)
+    labels = list(CLASSES[rng.integers(0, 4, 40)])
+    top, conf = rank_top(proba)
+    assert (top[:, 0] == proba.argmax(1)).all()
+    assert evaluate_ranked(CLASSES[top], conf, CLASSES, labels, threshold=0.4) == \
+        evaluate_proba(proba, CLASSES, labels, threshold=0.4)

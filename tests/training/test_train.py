@@ -72,3 +72,13 @@ def test_without_dev_rows_the_model_abstains_on_everything(tmp_path):
     assert result.calibration["calibrated"] is False and result.calibration["threshold"] == 1.0
     predictions = Predictor.from_dir(result.artifact_dir, "t").predict(["PLASTIC CUPS", "AIR FILTER"])
     assert all(p.abstain for p in predictions)
+
+
+def test_evaluating_in_chunks_gives_the_same_metrics(dataset, tmp_path, monkeypatch):
+    from hsops.training import model_io
+
+    result = train(dataset, tmp_path / "home", params=FAST)
+    texts, labels = dataset.part("train")
+    whole = evaluate_artifact(result.artifact_dir, texts, labels)
+    monkeypatch.setattr(model_io, "CHUNK_ROWS", 7)
+    assert evaluate_artifact(result.artifact_dir, texts, labels) == pytest.approx(whole)

@@ -10,7 +10,7 @@ import numpy as np
 from hsops.models import artifact
 from hsops.models.base import load_model
 from hsops.training.calibration import apply_temperature
-from hsops.training.evaluate import evaluate_proba
+from hsops.training.evaluate import evaluate_ranked, rank_top
 from hsops.training.train import CALIBRATION_FILE
 
 
@@ -24,8 +24,21 @@ def load_verified(artifact_dir: Path):
     return model, calibration, manifest
 
 
+CHUNK_ROWS = 2048  # keeps the probability matrix near 40 MB whatever the file size
+
+
 def evaluate_artifact(artifact_dir: Path, texts: list[str], labels: list[str]) -> dict:
     model, calibration, _ = load_verified(artifact_dir)
-    proba = apply_temperature(model.predict_proba(texts), calibration["temperature"])
-    return evaluate_proba(proba, np.asarray(model.classes_), labels, threshold=calibration["threshold"],
-                          target_accuracy=calibration.get("target_accuracy"))
+    classes = np.asarray(model.classes_)
+    ranked, confidence = [], []
+    for start in range(0, len(texts), CHUNK_ROWS):
+        proba = apply_temperature(model.predict_proba(texts[start : start + CHUNK_ROWS]),
+                                  calibration["temperature"])
+        top, conf = rank_top(proba)
+        ranked.append(classes[top])
+        confidence.append(conf)
+    if not ranked:
+        raise ValueError("cannot evaluate on no rows")
+    return evaluate_ranked(np.concatenate(ranked), np.concatenate(confidence), classes, labels,
+                           threshold=calibration["threshold"],
+                           target_accuracy=calibration.get("target_accuracy"))

@@ -135,5 +135,5 @@ def _metrics(model, texts: list[str], labels: list[str], calibration: dict) -> d
     if not texts:
         return {}
     proba = apply_temperature(model.predict_proba(texts), calibration["temperature"])
-    return evaluate_proba(proba, model.classes_, labels, threshold=calibration["threshold"],
+    return evaluate_proba(proba, np.asarray(model.classes_), labels, threshold=calibration["threshold"],
                           target_accuracy=calibration["target_accuracy"])
