@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -67,14 +68,24 @@ print(json.dumps({{"cold_load_s": load_s, "single_p50_ms": 1000 * statistics.med
 
 def main() -> None:
     from hsops._config import corpus_path
-    from hsops.data.datasets import load_dataset
-    from hsops.data.ingest import ingest_file
-    from hsops.training.train import train
 
     corpus = corpus_path()
     if corpus is None:
         sys.exit("the customs declarations corpus is needed (HSOPS_DATA_HOME or ../shared/data)")
-    home = Path(tempfile.mkdtemp(prefix="hsops-bench-"))
+    from hsops._config import hsops_home
+
+    home = Path(tempfile.mkdtemp(prefix="bench-", dir=hsops_home()))  # removed at the end
+    try:
+        run(corpus, home)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def run(corpus: Path, home: Path) -> None:
+    from hsops.data.datasets import load_dataset
+    from hsops.data.ingest import ingest_file
+    from hsops.training.train import train
+
     report = ingest_file(corpus, home)
     dataset = load_dataset(home, report.dataset_version)
     started = time.perf_counter()

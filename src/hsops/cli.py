@@ -151,6 +151,12 @@ def train_cmd(dataset: Optional[str] = typer.Option(None, help="dataset version 
         _fail("--target-accuracy must be between 0 and 1")
     if alias not in ("auto", "none", "champion", "challenger"):
         _fail("--alias must be champion, challenger, none or auto")
+    from hsops.models.base import check_params, model_class
+
+    try:  # before ingesting --data: a bad parameter should leave nothing behind
+        params = check_params(model_class(kind), _parse_params(param))
+    except ValueError as exc:
+        _fail(str(exc))
     if data is not None:
         dataset = run_ingest(data, text_column, label_column, None, as_json, encoding).dataset_version
         if dataset is None:
@@ -160,12 +166,6 @@ def train_cmd(dataset: Optional[str] = typer.Option(None, help="dataset version 
         if not versions:
             _fail("no dataset yet: run `hsops ingest FILE` or pass --data FILE")
         dataset = versions[0]
-    from hsops.models.base import check_params, model_class
-
-    try:
-        params = check_params(model_class(kind), _parse_params(param))
-    except ValueError as exc:
-        _fail(str(exc))
     try:
         result, version, alias_set = run_train(dataset, kind, params, target_accuracy,
                                                 None if alias == "none" else alias, as_json)
@@ -343,9 +343,12 @@ def models_list(ctx: typer.Context, as_json: bool = typer.Option(False, "--json"
     """List registered model versions with metrics and aliases."""
     if ctx.invoked_subcommand is not None:
         return
-    from hsops.registry.index import DEFAULT_MODEL, read_index
+    from hsops.registry.index import DEFAULT_MODEL, ModelNotFound, read_index
 
-    entry = read_index(hsops_home()).get("models", {}).get(DEFAULT_MODEL, {})
+    try:
+        entry = read_index(hsops_home()).get("models", {}).get(DEFAULT_MODEL, {})
+    except ModelNotFound as exc:
+        _fail(str(exc))
     aliases: dict[str, list[str]] = {}
     for alias, version in sorted(entry.get("aliases", {}).items()):
         aliases.setdefault(version, []).append(alias)

@@ -96,3 +96,11 @@ def test_code_is_a_small_readable_value_object():
     assert "39241000" in repr(code) and "392410" in repr(code)
     with pytest.raises(AttributeError):
         code.full = "000000"  # frozen
+
+
+def test_spreadsheet_float_is_read_as_the_number_it_was():
+    # "90121.0" is the number 90121 (coffee 0901.21 that lost its zero), not 9012.10
+    with pytest.raises(InvalidCode, match="5 digits"):
+        normalise_code("90121.0")
+    assert normalise_code("3924100000.0").full == "3924100000"
+    assert normalise_code("3924.10").hs6 == "392410"  # a real dotted code is unchanged

@@ -63,3 +63,18 @@ def test_bad_references_say_what_exists(trained):
         resolve(home, "../../etc")
     with pytest.raises(ValueError):
         Registry(home).set_alias("production", "1")
+
+
+def test_corrupt_index_is_a_clear_error_and_registering_rebuilds_it(trained):
+    home, first, _ = trained
+    path = home / "registry" / "index.json"
+    saved = path.read_text()
+    path.write_text("garbage{")
+    try:
+        with pytest.raises(ModelNotFound, match="unreadable"):
+            resolve(home, "champion")
+        Registry(home).register(first)  # MLflow is the source of truth
+        assert resolve(home, "champion").artifact_dir.is_dir()
+    finally:
+        if "garbage" in path.read_text():
+            path.write_text(saved)

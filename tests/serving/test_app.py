@@ -90,7 +90,7 @@ def test_explain_and_abstain_come_through(client, facts):
 
 
 def test_odd_but_valid_text_is_answered_not_crashed(client):
-    texts = ["!!!", "12345", "中文 描述", "a\u0000b"]
+    texts = ["#1", "12345", "中文 描述", "a\u0000b"]
     response = client.post("/v1/predict", json={"descriptions": texts})
     assert response.status_code == 200, response.text
     assert len(response.json()["predictions"]) == 4
@@ -408,3 +408,10 @@ def test_models_endpoint_lists_versions_with_aliases(registered, registrar, gold
 
 def test_models_endpoint_without_a_registry_is_empty(predictor):
     assert TestClient(create_app(lambda: predictor)).get("/v1/models").json() == []
+
+
+@pytest.mark.parametrize("text", ["\u0000\u0000", "\u200b", "\ufeff", ".", "😀"])
+def test_descriptions_without_letters_or_digits_are_refused_like_ingest(client, text):
+    response = client.post("/v1/predict", json={"descriptions": ["PLASTIC CUPS", text]})
+    assert response.status_code == 422
+    assert "letters or digits" in response.text or "blank" in response.text

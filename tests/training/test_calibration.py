@@ -38,5 +38,5 @@ def test_threshold_reaches_target_with_most_coverage():
     assert choose_threshold(confidence, correct, 0.8) == pytest.approx(0.6)
 
 
-def test_threshold_when_target_unreachable_abstains_on_nearly_all():
-    assert choose_threshold(np.array([0.9, 0.4]), np.array([False, False]), 0.9) == pytest.approx(0.9)
+def test_threshold_when_target_unreachable_abstains_on_all():
+    assert choose_threshold(np.array([0.9, 0.9, 0.4]), np.array([False, False, False]), 0.9) == 1.0

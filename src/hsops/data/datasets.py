@@ -66,6 +66,7 @@ def save_dataset(home: Path, rows: list[LabeledRow], meta: dict) -> tuple[str, b
     root = datasets_root(home)
     final = root / version
     if (final / "dataset.json").is_file():
+        os.utime(final / "dataset.json")  # the latest ingest is the default training set
         return version, False
     staging = staging_dir(root)
     try:
@@ -112,4 +113,4 @@ def list_versions(home: Path) -> list[str]:
     if not root.is_dir():
         return []
     found = [p for p in root.iterdir() if (p / "dataset.json").is_file()]
-    return [p.name for p in sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)]
+    return [p.name for p in sorted(found, key=lambda p: (p / "dataset.json").stat().st_mtime_ns, reverse=True)]

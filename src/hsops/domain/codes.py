@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from hsops.domain.nomenclature import nomenclature
 
 _SEPARATORS = re.compile(r"[\s.\-/]+")
+_SPREADSHEET_FLOAT = re.compile(r"^\d+\.0+$")
 MAX_DIGITS = 12  # some national schedules go to 12 digits; beyond that it is not a code
 
 
@@ -60,6 +61,8 @@ def normalise_code(value: object) -> HSCode:
     raw = str(value).strip()
     if not raw:
         raise InvalidCode("code is empty")
+    if _SPREADSHEET_FLOAT.match(raw):  # "90121.0": a number that went through a spreadsheet
+        raw = raw[: raw.index(".")]
     digits = _SEPARATORS.sub("", raw)
     if not digits.isdigit() or not digits.isascii():
         raise InvalidCode(f"code {raw[:40]!r} has characters other than digits and separators")

@@ -185,6 +185,7 @@ class TfidfLinearClassifier(Classifier):
 
     def _set_weights(self, weights: sparse.spmatrix, bias: np.ndarray) -> None:
         self.weights_ = sparse.csr_matrix(weights, dtype=np.float32)
+        self._weights_by_class = None
         self.bias_ = np.asarray(bias, dtype=np.float32)
 
     # -- prediction ----------------------------------------------------------------------
@@ -198,18 +199,26 @@ class TfidfLinearClassifier(Classifier):
         return softmax(self.decision_function(texts))
 
     def feature_contributions(self, text: str, class_index: int, top: int = 5) -> list[tuple[str, float]]:
-        """The terms of ``text`` that pushed most towards class ``class_index``.
+        """The words (and word pairs) of ``text`` that pushed most towards ``class_index``.
 
-        A word shows up as a word feature and as boundary n-grams (" air", "air "), so
-        contributions are summed per term with the boundary spaces dropped: each term
-        is named once, with its whole weight.
+        A character n-gram is not something a person reads, so each one's contribution
+        is shared out among the words of the text that contain it; a word feature or a
+        word pair counts for itself. Each term is named once, with its whole weight.
         """
+        from hsops.models.text_features import normalise_text
+
+        words = normalise_text(text, self.featurizer_.fold_digits).split()
         x = self.featurizer_.transform([text])
-        column = self.weights_[:, class_index].toarray().ravel()
+        if getattr(self, "_weights_by_class", None) is None:  # column slices of CSR are slow
+            self._weights_by_class = self.weights_.tocsc()
+        column = self._weights_by_class[:, class_index].toarray().ravel()
         totals: dict[str, float] = {}
         for j, v in zip(x.indices, x.data):
-            term = self.featurizer_.term(int(j))[1].strip()
-            totals[term] = totals.get(term, 0.0) + float(v * column[j])
+            block, term = self.featurizer_.term(int(j))
+            weight = float(v * column[j])
+            owners = [term] if block == "word" else sorted({w for w in words if term in f" {w} "})
+            for owner in owners:
+                totals[owner] = totals.get(owner, 0.0) + weight / len(owners)
         ranked = sorted(totals.items(), key=lambda item: -item[1])
         return [(term, weight) for term, weight in ranked[:top] if weight > 0]
 

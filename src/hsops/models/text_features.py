@@ -115,6 +115,9 @@ class TfidfFeaturizer:
             dfs = np.array([df for _, df in kept], dtype=np.float64)
             idf = np.log((1 + n_docs) / (1 + dfs)) + 1.0  # smooth idf, as scikit-learn
             self.blocks.append(Block.build(name, terms, idf))
+        if self.n_features == 0:
+            raise ValueError(f"the vocabulary is empty: no term occurs in min_df={self.min_df} "
+                             f"of the {n_docs} texts; lower min_df")
         return self
 
     @property

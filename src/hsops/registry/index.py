@@ -52,7 +52,14 @@ def read_index(home: Path) -> dict:
     path = index_path(home)
     if not path.is_file():
         return {"models": {}}
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(index.get("models"), dict):
+            raise ValueError("no 'models' object")
+    except (ValueError, AttributeError, UnicodeDecodeError) as exc:
+        raise ModelNotFound(f"the registry index {path} is unreadable ({exc}); restore it from a "
+                            "backup, or register a model again (`hsops train`) to rewrite it") from None
+    return index
 
 
 def write_index(home: Path, index: dict) -> None:

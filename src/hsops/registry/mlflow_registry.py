@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from hsops._fs import file_lock
-from hsops.registry.index import ALIASES, DEFAULT_MODEL, read_index, write_index
+from hsops.registry.index import ALIASES, DEFAULT_MODEL, ModelNotFound, read_index, write_index
 
 EXPERIMENT = "hsops"
 
@@ -101,7 +101,7 @@ class Registry:
         if alias not in ALIASES:
             raise ValueError(f"unknown alias {alias!r}; use one of {ALIASES}")
         self.client.get_model_version(name, version)  # raises when it does not exist
-        previous = read_index(self.home).get("models", {}).get(name, {}).get("aliases", {}).get(alias)
+        previous = next((v["version"] for v in self.versions(name) if alias in v["aliases"]), None)
         self.client.set_registered_model_alias(name, alias, version)
         self._sync_index(name)
         self._audit({"action": "set_alias", "model": name, "alias": alias, "version": version,
@@ -109,7 +109,10 @@ class Registry:
 
     # -- reading -------------------------------------------------------------------------
     def versions(self, name: str = DEFAULT_MODEL) -> list[dict]:
-        index = read_index(self.home).get("models", {}).get(name, {})
+        try:
+            index = read_index(self.home).get("models", {}).get(name, {})
+        except ModelNotFound:
+            return []
         aliases: dict[str, list[str]] = {}
         for alias, version in sorted(index.get("aliases", {}).items()):
             aliases.setdefault(version, []).append(alias)
@@ -137,7 +140,10 @@ class Registry:
                             if k.startswith("test_")},
                 "params": dict(run.data.params),
             }
-        index = read_index(self.home)
+        try:
+            index = read_index(self.home)
+        except ModelNotFound:  # corrupt: MLflow holds the truth, rebuild this model's entry
+            index = {"models": {}}
         index.setdefault("models", {})[name] = {"versions": versions,
                                                 "aliases": {a: str(v) for a, v in model.aliases.items()}}
         write_index(self.home, index)

@@ -21,6 +21,8 @@ _EXAMPLE = {"descriptions": ["70CTNS X 120 PCS PLASTIC WATER BOTTLES[500ML]"], "
 def _not_blank(text: str) -> str:
     if not text.strip():
         raise ValueError("description is blank; send the product text")
+    if not any(ch.isalnum() for ch in text):  # the same rule as ingest and the CLI
+        raise ValueError("description has no letters or digits; send the product text")
     return text
 
 

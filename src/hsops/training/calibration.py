@@ -40,8 +40,9 @@ def fit_temperature(proba: np.ndarray, target_index: np.ndarray) -> float:
 def choose_threshold(confidence: np.ndarray, correct: np.ndarray, target_accuracy: float) -> float:
     """Lowest threshold whose kept answers reach ``target_accuracy`` (max coverage).
 
-    When no threshold reaches it, the highest confidence seen: the model then abstains
-    on nearly everything, which is the honest answer for a model that weak.
+    When no threshold reaches it, 1.0: the model then abstains on everything, which is
+    the honest answer for a model that weak (the highest confidence seen would still let
+    the rows tied at it through).
     """
     if len(confidence) == 0:
         return 0.0
@@ -49,5 +50,5 @@ def choose_threshold(confidence: np.ndarray, correct: np.ndarray, target_accurac
     kept_accuracy = np.cumsum(correct[order]) / np.arange(1, len(order) + 1)
     reaching = np.flatnonzero(kept_accuracy >= target_accuracy)
     if len(reaching) == 0:
-        return float(confidence[order[0]])
+        return 1.0
     return float(confidence[order[reaching[-1]]])
