@@ -78,3 +78,14 @@ def test_corrupt_index_is_a_clear_error_and_registering_rebuilds_it(trained):
     finally:
         if "garbage" in path.read_text():
             path.write_text(saved)
+
+
+def test_a_copied_home_resolves_its_own_artifacts(trained, tmp_path):
+    import shutil
+
+    home, first, _ = trained
+    Registry(home).register(first, alias="champion")
+    copy = tmp_path / "copy"
+    shutil.copytree(home, copy)
+    Registry(copy).set_alias("champion", resolve(copy, "champion").version, reason="rewrite index")
+    assert resolve(copy, "champion").artifact_dir.resolve().is_relative_to(copy.resolve())

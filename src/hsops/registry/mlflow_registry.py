@@ -129,7 +129,7 @@ class Registry:
             run = self.client.get_run(mv.run_id)
             artifact_dir = Path(mv.source)
             versions[str(mv.version)] = {
-                "artifact": os.path.relpath(artifact_dir, self.home),
+                "artifact": self._home_relative(artifact_dir),
                 "kind": run.data.tags.get("model_kind"),
                 "dataset_version": run.data.tags.get("dataset_version"),
                 "git_commit": run.data.tags.get("git_commit"),
@@ -147,6 +147,13 @@ class Registry:
         index.setdefault("models", {})[name] = {"versions": versions,
                                                 "aliases": {a: str(v) for a, v in model.aliases.items()}}
         write_index(self.home, index)
+
+    def _home_relative(self, artifact_dir: Path) -> str:
+        """The artifact's path inside HSOPS_HOME. MLflow stores absolute paths; artifacts
+        live at ``artifacts/<digest>``, so a copied or moved home still finds its own."""
+        if artifact_dir.parent.name == "artifacts" and (self.home / "artifacts" / artifact_dir.name).is_dir():
+            return f"artifacts/{artifact_dir.name}"
+        return os.path.relpath(artifact_dir, self.home)
 
     def _audit(self, entry: dict) -> None:
         path = self.home / "registry" / "audit.jsonl"
