@@ -195,7 +195,6 @@ def evaluate(model: str = typer.Option("champion", help="champion, challenger or
     Rows whose description (group key) the model was trained on are counted in
     ``rows_seen_in_training``: scores on such rows overstate accuracy."""
     from hsops.data.datasets import DatasetNotFound, load_dataset
-    from hsops.data.ingest import IngestReport  # noqa: F401  (keeps import errors early)
     from hsops.data.readers import DataFileError, read_table
     from hsops.data.validation import LabeledRow, validate_row
     from hsops.models.artifact import ArtifactError
