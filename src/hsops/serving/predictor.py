@@ -15,10 +15,8 @@ test pins the two together.
 
 from __future__ import annotations
 
-import json
-import math
-import os
 import logging
+import os
 import threading
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -31,53 +29,13 @@ from hsops.domain import nomenclature
 from hsops.models import artifact
 from hsops.models.artifact import ArtifactError
 from hsops.models.base import Classifier, load_model
+from hsops.models.calibration import Calibration, rank_top
 from hsops.registry.index import index_path, resolve
 
 log = logging.getLogger("hsops.serving")
 
-CALIBRATION_FILE = "calibration.json"
 MAX_TOP_K = 20
 EXPLAIN_TERMS = 5
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """How far to trust the model: temperature for confidences, threshold for abstaining."""
-
-    temperature: float = 1.0
-    threshold: float = 0.0
-    target_accuracy: float | None = None
-
-    @classmethod
-    def read(cls, directory: Path) -> "Calibration":
-        """The artifact's calibration, or the identity one when it has none."""
-        path = Path(directory) / CALIBRATION_FILE
-        if not path.is_file():
-            return cls()
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-            temperature = float(raw.get("temperature", 1.0))
-            threshold = float(raw.get("threshold", 0.0))
-            target = raw.get("target_accuracy")
-            target = None if target is None else float(target)
-        except (ValueError, TypeError, AttributeError) as exc:
-            raise ArtifactError(f"{path}: unreadable calibration ({exc})") from exc
-        if not (math.isfinite(temperature) and temperature > 0):
-            raise ArtifactError(f"{path}: temperature must be a positive number, got {temperature!r}")
-        if not (math.isfinite(threshold) and 0.0 <= threshold <= 1.0):
-            raise ArtifactError(f"{path}: threshold must be within [0, 1], got {threshold!r}")
-        return cls(temperature, threshold, target)
-
-    def abstains(self, confidence: float) -> bool:
-        # threshold 1.0 marks an uncalibrated model: it abstains even on a confidence
-        # that rounds to exactly 1.0
-        return confidence < self.threshold or self.threshold >= 1.0
-
-    def apply(self, proba: np.ndarray) -> np.ndarray:
-        logits = np.log(np.clip(proba, 1e-12, 1.0)) / self.temperature
-        logits -= logits.max(axis=1, keepdims=True)
-        out = np.exp(logits)
-        return out / out.sum(axis=1, keepdims=True)
 
 
 @dataclass(frozen=True)
@@ -159,10 +117,7 @@ class Predictor:
         proba = self.calibration.apply(np.asarray(self.model.predict_proba(texts), dtype=np.float64))
         k = min(top_k, proba.shape[1])
         # partition out the top k, then sort only those: O(classes) per row, not a full sort
-        top = np.argpartition(-proba, k - 1, axis=1)[:, :k] if k < proba.shape[1] else \
-            np.tile(np.arange(proba.shape[1]), (len(proba), 1))
-        order = np.argsort(-np.take_along_axis(proba, top, axis=1), axis=1, kind="stable")
-        ranked = np.take_along_axis(top, order, axis=1)
+        ranked, _ = rank_top(proba, k)
         explainer = getattr(self.model, "feature_contributions", None) if explain else None
         out = []
         for text, row, order in zip(texts, proba, ranked):

@@ -13,12 +13,11 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import minimize_scalar
 
+from hsops.models.calibration import Calibration
+
 
 def apply_temperature(proba: np.ndarray, temperature: float) -> np.ndarray:
-    logits = np.log(np.clip(proba, 1e-12, 1.0)) / temperature
-    logits -= logits.max(axis=1, keepdims=True)
-    out = np.exp(logits)
-    return out / out.sum(axis=1, keepdims=True)
+    return Calibration(temperature=temperature).apply(proba)
 
 
 def fit_temperature(proba: np.ndarray, target_index: np.ndarray) -> float:

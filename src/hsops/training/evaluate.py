@@ -11,18 +11,10 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import f1_score
 
+from hsops.models.calibration import Calibration, rank_top
+
 METRIC_KEYS = ("n", "hs6_top1", "hs6_top5", "hs4_top1", "hs2_top1", "macro_f1",
                "coverage_at_target", "accuracy_at_target")
-
-
-def rank_top(proba: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
-    """Column indices of the ``k`` most probable classes per row (best first) and the
-    top-1 probability; O(classes) per row via a partition, not a full sort."""
-    k = min(k, proba.shape[1])
-    top = np.argpartition(-proba, k - 1, axis=1)[:, :k]
-    order = np.argsort(-np.take_along_axis(proba, top, axis=1), axis=1, kind="stable")
-    top = np.take_along_axis(top, order, axis=1)
-    return top, proba[np.arange(len(proba)), top[:, 0]]
 
 
 def evaluate_proba(proba: np.ndarray, classes: np.ndarray, labels: list[str], *,
@@ -46,7 +38,7 @@ def evaluate_ranked(ranked: np.ndarray, confidence: np.ndarray, classes: np.ndar
         raise ValueError("cannot evaluate on no rows")
     pred = ranked[:, 0]
     correct = pred == y
-    kept = confidence >= threshold
+    kept = Calibration(threshold=threshold).answered(confidence)
     in_top5 = (ranked[:, :5] == y[:, None]).any(axis=1)
     return {
         "n": int(n),

@@ -22,10 +22,10 @@ import numpy as np
 from hsops.data.datasets import Dataset
 from hsops.models import artifact
 from hsops.models.base import create
+from hsops.models.calibration import CALIBRATION_FILE
 from hsops.training.calibration import apply_temperature, choose_threshold, fit_temperature
 from hsops.training.evaluate import evaluate_proba
 
-CALIBRATION_FILE = "calibration.json"
 DEFAULT_TARGET_ACCURACY = 0.90
 
 
