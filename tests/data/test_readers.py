@@ -286,11 +286,6 @@ def test_reader_is_lazy_and_counts_rows_across_batches(tmp_path):
     assert sum(1 for _ in rows) == n - 1
 
 
-def test_gzip_bytes_really_are_gzip(write_file):
-    path = write_file("a.csv.gz", csv_text(good_pairs()))
-    assert gzip.decompress(path.read_bytes()).startswith(b"description,hs_code")
-
-
 def test_unclosed_quote_loses_only_its_own_row(write_file):
     content = ('description,hs_code\nPLASTIC CUPS,392410\n"BROKEN QUOTE ROW,392410\n'
                'WASHER,731822\nAIR FILTER,842131\n')
