@@ -319,7 +319,6 @@ def test_gzip_that_is_not_gzip_is_a_file_error(tmp_path):
 
 
 def test_truncated_gzip_is_a_file_error(tmp_path):
-
     body = "description,hs_code\n" + "".join(f"PLASTIC CUPS {i},392410\n" for i in range(20000))
     full = gzip.compress(body.encode())
     cut = tmp_path / "t.csv.gz"
