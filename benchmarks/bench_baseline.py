@@ -8,61 +8,19 @@ Timings are wall-clock on this machine; the machine is described in the output.
 from __future__ import annotations
 
 import json
-import os
-import platform
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import machine, serving_probe  # noqa: E402
+
+from hsops._pricing import LAMBDA_GB_SECOND_USD, LAMBDA_REQUEST_USD  # noqa: E402
+
 RESULTS = Path(__file__).parent / "results"
-# AWS Lambda x86 on-demand price per GB-second (us-east-1, 2026 list price) and per
-# request; the same constants are meant for the pipeline's cost accounting.
-LAMBDA_GB_SECOND_USD = 0.0000166667
-LAMBDA_REQUEST_USD = 0.20 / 1_000_000
-
-
-def machine() -> dict:
-    return {"python": platform.python_version(), "cpu_count": os.cpu_count(),
-            "processor": platform.processor() or platform.machine(),
-            "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
-
-
-def serving_probe(artifact_dir: Path, texts: list[str]) -> dict:
-    """Load the Predictor in a fresh process (as a serving replica would) and time it."""
-    code = f"""
-import json, resource, statistics, sys, time
-def peak_rss_mib():
-    # VmHWM is this process's own high-water mark; ru_maxrss survives exec and would
-    # report the parent's training peak
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-t0 = time.perf_counter()
-from hsops.serving.predictor import Predictor
-p = Predictor.from_dir({str(artifact_dir)!r}, "bench")
-load_s = time.perf_counter() - t0
-texts = json.load(sys.stdin)
-p.predict(texts[:8])
-single = []
-for t in texts[:300]:
-    s = time.perf_counter(); p.predict([t]); single.append(time.perf_counter() - s)
-batch = texts[:256]
-s = time.perf_counter(); p.predict(batch); batch_s = time.perf_counter() - s
-s = time.perf_counter(); p.predict(texts); all_s = time.perf_counter() - s
-single.sort()
-print(json.dumps({{"cold_load_s": load_s, "single_p50_ms": 1000 * statistics.median(single),
-    "single_p99_ms": 1000 * single[int(0.99 * len(single)) - 1], "batch256_ms": 1000 * batch_s,
-    "throughput_per_s": len(texts) / all_s,
-    "peak_rss_mib": peak_rss_mib(),
-    "heavy_modules": sorted(m for m in ("torch", "mlflow", "pandas", "sklearn") if m in sys.modules)}}))
-"""
-    out = subprocess.run([sys.executable, "-c", code], input=json.dumps(texts), capture_output=True,
-                         text=True, check=True)
-    return json.loads(out.stdout)
 
 
 def main() -> None:

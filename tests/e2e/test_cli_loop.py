@@ -45,6 +45,9 @@ def test_evaluate_on_any_csv_prints_the_contract_keys(trained_home, tmp_path):
     for key in ("n", "hs6_top1", "hs6_top5", "hs4_top1", "hs2_top1", "macro_f1", "coverage_at_target"):
         assert key in out
     assert out["n"] == 2 and out["rows_rejected"] == 1
+    assert out["risk_coverage"][-1]["coverage"] == 1.0
+    assert set(out["coverage_at_precision"]) == {"0.90", "0.95", "0.97"}
+    assert "heading_fallback_rate" in out and "heading_fallback_accuracy" in out
 
 
 def test_predict_json_answers_with_code_text_confidence(trained_home):
@@ -105,6 +108,24 @@ def test_promoting_a_version_to_a_second_alias_lists_both(trained_home):
     run(["models", "promote", "1", "--alias", "challenger"], home)
     rows = json.loads(run(["models", "--json"], home).stdout)
     assert rows[0]["aliases"] == ["challenger", "champion"]
+
+
+def test_evaluate_shows_the_risk_coverage_curve(trained_home):
+    home, _ = trained_home
+    out = run(["evaluate"], home).stdout
+    assert "Risk-coverage" in out and "answered share" in out and "at least 95%" in out
+
+
+def test_train_upsample_raises_rare_classes_and_says_so(trained_home, tmp_path):
+    home, _ = trained_home
+    rare = [("HEX BOLT M8 STEEL", "7318150000"), ("STEEL BOLTS M10", "7318150000")]
+    data = write_csv(tmp_path / "rare.csv", sample_rows() + rare)
+    out = json.loads(run(["train", "--data", str(data), "--upsample", "--param", "epochs=3", "--param", "min_df=1",
+                          "--alias", "none", "--json"], home).stdout)
+    upsample = out["upsample"]
+    assert upsample["min_per_class"] == 10 and upsample["rows_after"] > upsample["rows_before"]
+    assert out["test_metrics"]["n"] + out["calibration"]["dev_rows"] + upsample["rows_before"] == \
+        len(sample_rows()) + len(rare)  # only the train split grew
 
 
 @pytest.mark.slow

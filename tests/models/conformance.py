@@ -9,6 +9,7 @@ brands and part numbers around a few words that carry the class.
 
 from __future__ import annotations
 
+import copy
 import inspect
 from pathlib import Path
 
@@ -17,6 +18,9 @@ import pytest
 
 from hsops.models.artifact import ALLOWED_SUFFIXES
 from hsops.models.base import Classifier, NotFittedError, load_model, model_class
+from hsops.models.runtime import load_runtime
+
+_FITTED: dict = {}
 
 LINES = {
     "392410": [  # plastic tableware and kitchenware
@@ -132,8 +136,13 @@ class ClassifierConformance:
         return training_data()
 
     @pytest.fixture
-    def trained(self, make, data):
-        return make().fit(*data)
+    def trained(self, make, data, kind, params):
+        # Fitted once per kind and parameters (neural kinds take seconds); each test
+        # gets its own copy, so none can disturb another.
+        key = (kind, repr(sorted(params.items())))
+        if key not in _FITTED:
+            _FITTED[key] = make().fit(*data)
+        return copy.deepcopy(_FITTED[key])
 
     # -- construction -----------------------------------------------------------------
     def test_is_a_classifier_of_its_kind(self, cls, kind):
@@ -250,6 +259,21 @@ class ClassifierConformance:
             assert list(loaded.classes_) == list(trained.classes_)
             assert _params_equal(loaded.get_params(), trained.get_params())
             assert np.allclose(loaded.predict_proba(PROBE), trained.predict_proba(PROBE), rtol=0, atol=1e-6)
+
+    def test_the_serving_runtime_gives_the_same_answers(self, trained, data, tmp_path):
+        """What serving loads (ONNX for neural kinds, arrays for linear ones) agrees with
+        the model in its own framework: same top-1, probabilities within 1e-4."""
+        directory = tmp_path / "model"
+        trained.save(directory)
+        served = load_runtime(directory)
+        texts = PROBE + data[0] + [t for t, _ in UNSEEN]
+        expected, got = trained.predict_proba(texts), served.predict_proba(texts)
+        assert list(served.classes_) == list(trained.classes_)
+        assert got.shape == expected.shape
+        assert np.abs(got - expected).max() <= 1e-4
+        assert (got.argmax(axis=1) == expected.argmax(axis=1)).all()
+        single = np.vstack([served.predict_proba([t]) for t in PROBE])
+        assert np.abs(single - got[: len(PROBE)]).max() <= 1e-5, "an answer must not depend on its batch"
 
     def test_saved_files_are_plain_never_pickles(self, trained, tmp_path):
         directory = tmp_path / "model"

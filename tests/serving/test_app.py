@@ -85,7 +85,7 @@ def test_explain_and_abstain_come_through(client, facts):
     body = client.post("/v1/predict", json={"descriptions": ["PLASTIC WATER BOTTLES", facts["gibberish"]],
                                             "explain": True}).json()
     sure, unsure = body["predictions"]
-    assert sure["explanation"] and {"term", "weight"} == set(sure["explanation"][0])
+    assert sure["explanation"] and {"term", "weight", "start", "end"} == set(sure["explanation"][0])
     assert sure["abstain"] is False and unsure["abstain"] is True
 
 
@@ -415,3 +415,37 @@ def test_descriptions_without_letters_or_digits_are_refused_like_ingest(client, 
     response = client.post("/v1/predict", json={"descriptions": ["PLASTIC CUPS", text]})
     assert response.status_code == 422
     assert "letters or digits" in response.text or "blank" in response.text
+
+
+# -- hierarchy-aware answers ------------------------------------------------------------------------
+def test_every_answer_says_its_level(client, facts):
+    body = client.post("/v1/predict", json={"descriptions": ["MOTORCYCLE 125CC", facts["gibberish"]]}).json()
+    sure, unsure = body["predictions"]
+    assert (sure["level"], sure["heading"], sure["abstain"]) == ("subheading", None, False)
+    assert (unsure["level"], unsure["heading"], unsure["abstain"]) == ("none", None, True)
+
+
+def test_a_heading_answer_comes_through_the_api(artifact_dir, facts):
+    from hsops.domain import nomenclature
+    from hsops.models import artifact
+
+    calibration = {**facts["calibration"], "threshold": 0.99, "heading_threshold": 0.5}
+    (artifact_dir / "calibration.json").write_text(json.dumps(calibration))
+    artifact.write_manifest(artifact_dir, {"kind": "linear"})
+    predictor = Predictor.from_dir(artifact_dir, model_version="hs-classifier@2")
+    client = TestClient(create_app(lambda: predictor))
+    (p,) = client.post("/v1/predict", json={"descriptions": ["USED CLOTHING BALES"]}).json()["predictions"]
+    assert p["abstain"] is True and p["level"] == "heading" and p["hs_code"] == "630900"
+    assert set(p["heading"]) == {"code", "description", "confidence"}
+    assert p["heading"]["code"] == "6309" and p["heading"]["description"] == nomenclature().text("6309")
+    assert 0.5 <= p["heading"]["confidence"] <= 1
+
+
+def test_openapi_documents_level_and_heading(client):
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    prediction = schemas["PredictionOut"]
+    assert prediction["properties"]["level"]["enum"] == ["subheading", "heading", "none"]
+    assert {"level", "heading", "abstain"} <= set(prediction["required"])
+    refs = json.dumps(prediction["properties"]["heading"])
+    assert "#/components/schemas/HeadingOut" in refs and '"null"' in refs
+    assert set(schemas["HeadingOut"]["properties"]) == {"code", "description", "confidence"}

@@ -203,3 +203,35 @@ def test_a_promoted_champion_is_served_without_restart(tmp_path, entry_dir, gold
     finally:
         server.stop()
     assert server.proc.returncode is not None
+
+
+def test_answers_over_http_say_their_level(http, facts):
+    """The champion's calibration predates the heading fallback: levels are subheading or none."""
+    body = http.post("/v1/predict", json={"descriptions": ["MOTORCYCLE 125CC", facts["gibberish"]]}).json()
+    sure, unsure = body["predictions"]
+    assert (sure["level"], sure["heading"]) == ("subheading", None)
+    assert (unsure["level"], unsure["heading"], unsure["abstain"]) == ("none", None, True)
+
+
+def test_a_heading_answer_over_http(tmp_path, entry_dir, golden_artifact, registrar, facts):
+    home = tmp_path / "home"
+    home.mkdir()
+    # a subheading threshold no answer reaches and a heading threshold clear lines pass
+    registrar(home, golden_artifact, "1",
+              calibration={**facts["calibration"], "threshold": 0.99, "heading_threshold": 0.5})
+    server = _start(home, entry_dir)
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            response = http.post("/v1/predict", json={"descriptions": ["AIR FILTER FOR TRUCK ENGINE",
+                                                                       facts["gibberish"]]})
+            assert response.status_code == 200, response.text
+            clear, gibberish = response.json()["predictions"]
+            assert clear["abstain"] is True and clear["level"] == "heading"
+            assert clear["hs_code"] == "842131" and clear["heading"]["code"] == "8421"
+            assert clear["heading"]["description"].startswith("Centrifuges")
+            assert 0.5 <= clear["heading"]["confidence"] <= 1
+            assert (gibberish["level"], gibberish["heading"]) == ("none", None)
+            spec = http.get("/openapi.json").json()["components"]["schemas"]
+            assert spec["PredictionOut"]["properties"]["level"]["enum"] == ["subheading", "heading", "none"]
+    finally:
+        server.stop()

@@ -116,14 +116,15 @@ def test_without_calibration_file_confidence_is_raw_and_nothing_abstains(artifac
 def test_explanation_names_terms_of_the_text(predictor):
     (p,) = predictor.predict(["PLASTIC WATER BOTTLES 500ML"], explain=True)
     assert p.explanation, "the linear model explains its answers"
-    assert all(set(e) == {"term", "weight"} and e["weight"] > 0 for e in p.explanation)
-    text = "plastic water bottles 500ml"  # lower-cased, punctuation dropped
-    assert all(e["term"] in text for e in p.explanation)
+    assert all(e["weight"] > 0 for e in p.explanation)
+    sent = "PLASTIC WATER BOTTLES 500ML"
+    for e in p.explanation:  # terms are lower-cased words of the text, located in it
+        assert sent[e["start"] : e["end"]].lower() == e["term"]
     weights = [e["weight"] for e in p.explanation]
     assert weights == sorted(weights, reverse=True)
 
 
-def test_a_model_without_contributions_explains_nothing(predictor):
+def test_a_model_without_contributions_is_explained_by_occlusion(predictor):
     class Opaque:
         kind = "opaque"
         classes_ = predictor.model.classes_
@@ -132,7 +133,9 @@ def test_a_model_without_contributions_explains_nothing(predictor):
             return predictor.model.predict_proba(texts)
 
     (p,) = Predictor(Opaque(), model_version="opaque@1").predict(["PLASTIC CUPS"], explain=True)
-    assert p.explanation is None and p.hs_code == "392410"
+    assert p.hs_code == "392410"
+    assert p.explanation and {e["term"] for e in p.explanation} <= {"PLASTIC", "CUPS"}
+    assert all("PLASTIC CUPS"[e["start"] : e["end"]] == e["term"] for e in p.explanation)
 
 
 def test_prediction_is_frozen_and_serialisable(predictor):
@@ -245,3 +248,74 @@ def test_explanation_names_each_term_once(predictor):
     (p,) = predictor.predict(["PLASTIC CUPS PLASTIC CUPS"], explain=True)
     terms = [e["term"] for e in p.explanation]
     assert len(terms) == len(set(terms))
+
+
+# -- hierarchy-aware answers (heading fallback) ------------------------------------------------
+class _Fixed:
+    """A model with hand-set probabilities over two subheadings of 3924 and one of 8711."""
+
+    kind = "fixed"
+    classes_ = np.array(["392410", "392490", "871120"])
+    ROWS = {"sure": [0.05, 0.05, 0.90],
+            "heading only": [0.46, 0.44, 0.10],
+            "unsure": [0.34, 0.33, 0.33],
+            "best heading differs": [0.30, 0.25, 0.45]}
+
+    def predict_proba(self, texts):
+        return np.array([self.ROWS[t] for t in texts])
+
+
+def _fixed_predictor(**calibration) -> Predictor:
+    return Predictor(_Fixed(), model_version="fixed@1", calibration=Calibration(**calibration))
+
+
+def test_an_unsure_subheading_under_a_sure_heading_answers_the_heading():
+    sure, heading_only, unsure = _fixed_predictor(threshold=0.6, heading_threshold=0.8).predict(
+        ["sure", "heading only", "unsure"])
+    assert (sure.level, sure.abstain, sure.heading) == ("subheading", False, None)
+    assert heading_only.abstain is True and heading_only.level == "heading"
+    assert heading_only.hs_code == "392410"  # the subheading fields are unchanged
+    assert heading_only.heading == {"code": "3924", "description": nomenclature().text("3924"),
+                                    "confidence": pytest.approx(0.90)}
+    assert (unsure.level, unsure.abstain, unsure.heading) == ("none", True, None)  # 3924 at 0.67
+
+
+def test_the_heading_answered_is_the_most_probable_heading_not_the_best_subheadings():
+    (p,) = _fixed_predictor(threshold=0.6, heading_threshold=0.5).predict(["best heading differs"])
+    assert p.hs_code == "871120" and p.abstain is True
+    assert p.level == "heading" and p.heading["code"] == "3924"
+    assert p.heading["confidence"] == pytest.approx(0.55)
+
+
+def test_an_old_calibration_without_heading_threshold_never_falls_back(artifact_dir, facts):
+    predictor = Predictor.from_dir(artifact_dir, model_version="x@1")  # the fixture's file has none
+    assert predictor.calibration.heading_threshold is None
+    unsure, sure = predictor.predict([facts["gibberish"], "MOTORCYCLE 125CC"])
+    assert (unsure.abstain, unsure.level, unsure.heading) == (True, "none", None)
+    assert (sure.abstain, sure.level, sure.heading) == (False, "subheading", None)
+    assert _fixed_predictor(threshold=0.6).predict(["heading only"])[0].level == "none"
+
+
+def test_a_heading_threshold_is_read_from_the_artifact(artifact_dir, facts):
+    calibration = {**facts["calibration"], "threshold": 0.99, "heading_threshold": 0.5}
+    (artifact_dir / "calibration.json").write_text(json.dumps(calibration))
+    artifact.write_manifest(artifact_dir, {"kind": "linear"})
+    clear, gibberish = Predictor.from_dir(artifact_dir, model_version="x@1").predict(
+        ["MOTORCYCLE 125CC", facts["gibberish"]])
+    assert clear.abstain is True and clear.level == "heading"
+    assert clear.heading["code"] == "8711" and clear.heading["description"] == nomenclature().text("8711")
+    assert gibberish.level == "none" and gibberish.heading is None
+
+
+@pytest.mark.parametrize("heading_threshold", [2, "0.5", False])
+def test_an_impossible_heading_threshold_is_refused(artifact_dir, heading_threshold):
+    (artifact_dir / "calibration.json").write_text(json.dumps({"heading_threshold": heading_threshold}))
+    artifact.write_manifest(artifact_dir, {"kind": "linear"})
+    with pytest.raises(ArtifactError, match="heading_threshold"):
+        Predictor.from_dir(artifact_dir, model_version="x@1")
+
+
+def test_level_and_heading_are_serialised():
+    (p,) = _fixed_predictor(threshold=0.6, heading_threshold=0.8).predict(["heading only"])
+    out = json.loads(json.dumps(p.to_dict()))
+    assert out["level"] == "heading" and out["heading"]["code"] == "3924"

@@ -78,7 +78,11 @@ def read_model_json(directory: Path) -> dict:
 
 
 def _builtin_kinds() -> dict[str, str]:
-    return {"linear": "hsops.models.linear:TfidfLinearClassifier"}
+    return {"linear": "hsops.models.linear:TfidfLinearClassifier",
+            "svc": "hsops.models.svc:LinearSVCClassifier",
+            "dnn": "hsops.models.dnn:DNNClassifier",
+            "lstm": "hsops.models.lstm:LSTMClassifier",
+            "textcnn": "hsops.models.textcnn:TextCNNClassifier"}
 
 
 def model_kinds() -> dict[str, str]:

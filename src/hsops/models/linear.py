@@ -60,17 +60,22 @@ class _TopKSoftmax:
         self.lr = np.float32(learning_rate)
         self.k = min(k, n_classes)
 
+    def gradient(self, scores: np.ndarray, yb: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+        """The loss, and d loss / d score on each row's candidate classes."""
+        rows = np.arange(len(yb))
+        probs = softmax(scores)  # in place: the ranking of classes is unchanged
+        loss = float(-np.log(probs[rows, yb] + 1e-12).mean())
+        candidates = np.argpartition(-probs, self.k - 1, axis=1)[:, : self.k]
+        has_true = (candidates == yb[:, None]).any(axis=1)
+        candidates[~has_true, -1] = yb[~has_true]
+        grads = probs[rows[:, None], candidates]
+        grads[candidates == yb[:, None]] -= 1.0
+        return loss, candidates, grads
+
     def step(self, xb: sparse.csr_matrix, yb: np.ndarray) -> float:
         n, n_classes = xb.shape[0], self.w.shape[1]
         rows = np.arange(n)
-        scores = xb @ self.w + self.b
-        probs = softmax(scores)
-        loss = float(-np.log(probs[rows, yb] + 1e-12).mean())
-        candidates = np.argpartition(-scores, self.k - 1, axis=1)[:, : self.k]
-        has_true = (candidates == yb[:, None]).any(axis=1)
-        candidates[~has_true, -1] = yb[~has_true]
-        grads = probs[rows[:, None], candidates]  # d loss / d score, on the candidates
-        grads[candidates == yb[:, None]] -= 1.0
+        loss, candidates, grads = self.gradient(xb @ self.w + self.b, yb)
 
         per_row = np.diff(xb.indptr)
         doc_of_entry = np.repeat(rows, per_row)
@@ -93,6 +98,7 @@ class _TopKSoftmax:
 
 class TfidfLinearClassifier(Classifier):
     kind = "linear"
+    _trainer = _TopKSoftmax  # the loss; ``svc`` swaps in the hinge
 
     def __init__(self, *, char_ngrams: tuple[int, int] = (2, 5), min_df: int = 2,
                  max_features: int = 200_000, fold_digits: bool = False,
@@ -128,7 +134,7 @@ class TfidfLinearClassifier(Classifier):
             eval_x = self.featurizer_.transform(list(eval_set[0]))
             eval_y = np.asarray(eval_set[1])
 
-        trainer = _TopKSoftmax(x.shape[1], len(self.classes_), self.learning_rate, self.top_k_classes)
+        trainer = self._trainer(x.shape[1], len(self.classes_), self.learning_rate, self.top_k_classes)
         rng = np.random.default_rng(self.seed)
         best_score, best, self.history_ = -1.0, None, []
         for epoch in range(1, self.epochs + 1):

@@ -39,6 +39,8 @@ WEIGHTS_FILE = "weights.npz"
 ONNX_FILE = "model.onnx"
 ONNX_OPSET = 17
 PREDICT_BATCH = 512
+EMBEDDING_INIT_STD = 0.05
+EMBEDDING_LR_SCALE = 5.0  # the sparse table learns faster than the dense layers (see _optimisers)
 
 
 class SubwordEmbedding(nn.Module):
@@ -50,6 +52,12 @@ class SubwordEmbedding(nn.Module):
         # sparse gradients: a batch touches a few thousand of the ~80k rows, and a dense
         # Adam step over the whole table cost more than the rest of the step together
         self.table = nn.Embedding(n_ids, dim, padding_idx=0, sparse=True)
+        # small initial vectors: Adam moves a row by about the learning rate per update,
+        # and a rare n-gram is updated a few times per epoch; from N(0, 1) it would
+        # hardly leave its random start
+        nn.init.normal_(self.table.weight, std=EMBEDDING_INIT_STD)
+        with torch.no_grad():
+            self.table.weight[0].zero_()
 
     def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         present = (ids > 0).to(self.table.weight.dtype)
@@ -239,13 +247,16 @@ class NeuralTextClassifier(Classifier):
 
 
 def _optimisers(module: nn.Module, learning_rate: float, weight_decay: float) -> list:
-    """SparseAdam for the sparse embedding table, Adam (with weight decay) for the rest."""
+    """SparseAdam for the sparse embedding table, Adam (with weight decay) for the rest.
+
+    The table gets a larger step: each row is updated only in batches that contain its
+    word or n-gram, so at the dense layers' rate most rows would barely train."""
     sparse = [p for m in module.modules() if isinstance(m, nn.Embedding) and m.sparse
               for p in m.parameters()]
     dense = [p for p in module.parameters() if all(p is not q for q in sparse)]
     optimisers = [torch.optim.Adam(dense, lr=learning_rate, weight_decay=weight_decay)]
     if sparse:
-        optimisers.append(torch.optim.SparseAdam(sparse, lr=learning_rate))
+        optimisers.append(torch.optim.SparseAdam(sparse, lr=learning_rate * EMBEDDING_LR_SCALE))
     return optimisers
 
 

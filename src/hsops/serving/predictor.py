@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -28,8 +29,10 @@ import numpy as np
 from hsops.domain import nomenclature
 from hsops.models import artifact
 from hsops.models.artifact import ArtifactError
-from hsops.models.base import Classifier, load_model
-from hsops.models.calibration import Calibration, rank_top
+from hsops.models.base import Classifier
+from hsops.models.explain import occlusion
+from hsops.models.runtime import load_runtime
+from hsops.models.calibration import Calibration, Headings, rank_top
 from hsops.registry.index import index_path, resolve
 
 log = logging.getLogger("hsops.serving")
@@ -40,7 +43,12 @@ EXPLAIN_TERMS = 5
 
 @dataclass(frozen=True)
 class Prediction:
-    """One answer: the best HS6 code, how sure, what else it might be, and which model said so."""
+    """One answer: the best HS6 code, how sure, what else it might be, and which model said so.
+
+    ``abstain`` says the HS6 answer is not trustworthy. ``level`` says what is:
+    ``"subheading"`` (the HS6 code), ``"heading"`` (only the 4-digit heading, given in
+    ``heading`` with its text and confidence) or ``"none"``.
+    """
 
     hs_code: str
     hs_description: str
@@ -50,6 +58,8 @@ class Prediction:
     abstain: bool
     explanation: list[dict] | None
     model_version: str
+    level: str = "subheading"
+    heading: dict | None = None  # {"code", "description", "confidence"} when level == "heading"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -72,6 +82,7 @@ class Predictor:
         self.artifact_dir = artifact_dir
         self.manifest = manifest or {}
         self._codes = [_hs6(c) for c in model.classes_]
+        self._headings = Headings(self._codes)
         self._describe = nomenclature().describe
         self._hs2022 = {c for c in self._codes if nomenclature().exists(c)}
 
@@ -91,7 +102,7 @@ class Predictor:
         manifest = artifact.verify(path)  # raises ArtifactError before anything is parsed
         calibration = Calibration.read(path)
         try:
-            model = load_model(path)
+            model = load_runtime(path)
         except (OSError, ValueError, KeyError) as exc:
             raise ArtifactError(f"{path}: the model files do not load ({exc})") from exc
         return cls(model, model_version=model_version, calibration=calibration,
@@ -106,6 +117,20 @@ class Predictor:
         resolved = resolve(Path(home), ref)
         return cls.from_dir(resolved.artifact_dir, resolved.label)
 
+    def _explain(self, text: str, class_index: int) -> list[dict]:
+        """The words that drove ``class_index``: the model's own weights when it has them
+        (linear kinds), occlusion through ``predict_proba`` otherwise (any kind)."""
+        own = getattr(self.model, "feature_contributions", None)
+        if own is None:
+            return occlusion(self.model.predict_proba, text, class_index, top=EXPLAIN_TERMS)
+        terms = []
+        for term, weight in own(text, class_index, top=EXPLAIN_TERMS):
+            # the term is a normalised word (or pair); point at it where the text has it
+            found = re.search(rf"(?<![a-z0-9]){re.escape(term)}(?![a-z0-9])", text.lower())
+            span = {"start": found.start(), "end": found.end()} if found else {}
+            terms.append({"term": term, "weight": float(weight), **span})
+        return terms
+
     def predict(self, texts: list[str], top_k: int = 5, explain: bool = False) -> list[Prediction]:
         if isinstance(texts, str):
             raise TypeError("predict() takes a list of texts, not one string")
@@ -115,25 +140,30 @@ class Predictor:
         if not texts:
             return []
         proba = self.calibration.apply(np.asarray(self.model.predict_proba(texts), dtype=np.float64))
+        heading_codes, heading_confidences = self._headings.best(proba)
         k = min(top_k, proba.shape[1])
         # partition out the top k, then sort only those: O(classes) per row, not a full sort
         ranked, _ = rank_top(proba, k)
-        explainer = getattr(self.model, "feature_contributions", None) if explain else None
         out = []
-        for text, row, order in zip(texts, proba, ranked):
+        for text, row, order, heading_code, heading_confidence in zip(
+                texts, proba, ranked, heading_codes, heading_confidences):
             ranks = [{"hs_code": self._codes[j], "hs_description": self._describe(self._codes[j]),
                       "in_hs2022": self._codes[j] in self._hs2022, "confidence": float(row[j])}
                      for j in order]
             best = ranks[0]
             explanation = None
-            if explainer is not None:
-                explanation = [{"term": term, "weight": float(weight)}
-                               for term, weight in explainer(text, int(order[0]), top=EXPLAIN_TERMS)]
+            if explain:
+                explanation = self._explain(text, int(order[0]))
+            level = self.calibration.level(best["confidence"], float(heading_confidence))
+            heading = None
+            if level == "heading":
+                heading = {"code": str(heading_code), "description": self._describe(str(heading_code)),
+                           "confidence": float(heading_confidence)}
             out.append(Prediction(
                 hs_code=best["hs_code"], hs_description=best["hs_description"],
                 in_hs2022=best["in_hs2022"], confidence=best["confidence"], alternatives=ranks[1:],
                 abstain=self.calibration.abstains(best["confidence"]),
-                explanation=explanation, model_version=self.model_version))
+                explanation=explanation, model_version=self.model_version, level=level, heading=heading))
         return out
 
 

@@ -9,7 +9,7 @@ the limit, and makes ``/docs`` show them. ``top_k`` and ``explain`` are strict s
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, create_model
 
@@ -50,8 +50,21 @@ class Alternative(BaseModel):
 
 
 class Term(BaseModel):
+    """A word of the description that pushed towards the answer: ``weight`` is its linear
+    contribution (linear kinds) or the drop in the answer's probability without it
+    (other kinds); ``start``/``end`` locate it in the text sent, when it occurs there."""
+
     term: str
     weight: float
+    start: int | None = None
+    end: int | None = None
+
+
+class HeadingOut(BaseModel):
+    code: str = Field(description="4-digit HS heading")
+    description: str = Field(description="HS 2022 text of the heading")
+    confidence: float = Field(description="Calibrated probability that the heading is right: the sum "
+                                          "over the model's subheadings under it")
 
 
 class PredictionOut(BaseModel):
@@ -62,8 +75,14 @@ class PredictionOut(BaseModel):
                                         "that the training labels still used")
     confidence: float = Field(description="Calibrated probability of hs_code")
     alternatives: list[Alternative] = Field(description="Ranks 2..top_k")
-    abstain: bool = Field(description="True when confidence is below the model's threshold: "
-                                      "route to a person")
+    abstain: bool = Field(description="True when confidence is below the model's threshold: the "
+                                      "subheading answer is not trustworthy; route to a person")
+    level: Literal["subheading", "heading", "none"] = Field(
+        description="The most specific level the model is sure of: 'subheading' (hs_code; abstain is "
+                    "false), 'heading' (the subheading abstains but the 4-digit heading in `heading` "
+                    "passes its own threshold), 'none' (unsure at both levels)")
+    heading: HeadingOut | None = Field(description="The heading answer when level is 'heading', "
+                                                   "else null")
     explanation: list[Term] | None
     model_version: str
     request_id: str = Field(description="The id this answer is logged under in the state store")

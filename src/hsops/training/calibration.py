@@ -5,7 +5,9 @@ scaling (Guo et al., 2017) fits one number T on the dev split so that softmax(lo
 minimises the negative log-likelihood; it changes confidences, never the ranking. The
 abstention threshold is then the lowest confidence at which the dev-split accuracy of
 the answers kept reaches the target, so ``abstain: true`` routes the unsure rest to a
-person.
+person. The heading threshold does the same at HS4 level for the rows the subheading
+abstains on (see :func:`choose_heading_threshold`), so an unsure subheading can still
+come with a heading that is right as often as the target says.
 """
 
 from __future__ import annotations
@@ -42,12 +44,36 @@ def choose_threshold(confidence: np.ndarray, correct: np.ndarray, target_accurac
     When no threshold reaches it, 1.0: the model then abstains on everything, which is
     the honest answer for a model that weak (the highest confidence seen would still let
     the rows tied at it through).
+
+    Accuracy is measured only where a threshold can cut: after the last of a run of
+    equal confidences (duplicate descriptions score the same), since a threshold keeps
+    all of them or none.
     """
+    confidence, correct = np.asarray(confidence, dtype=float), np.asarray(correct, dtype=bool)
     if len(confidence) == 0:
         return 0.0
-    order = np.argsort(-confidence)
-    kept_accuracy = np.cumsum(correct[order]) / np.arange(1, len(order) + 1)
+    order = np.argsort(-confidence, kind="stable")
+    ranked = confidence[order]
+    cuts = np.flatnonzero(np.r_[ranked[1:] != ranked[:-1], True])
+    kept_accuracy = np.cumsum(correct[order])[cuts] / (cuts + 1)
     reaching = np.flatnonzero(kept_accuracy >= target_accuracy)
     if len(reaching) == 0:
         return 1.0
-    return float(confidence[order[reaching[-1]]])
+    return float(ranked[cuts[reaching[-1]]])
+
+
+def choose_heading_threshold(heading_confidence: np.ndarray, heading_correct: np.ndarray,
+                             hs6_answered: np.ndarray, target_accuracy: float, *, min_rows: int = 20) -> float:
+    """Threshold on heading confidence for the rows where the subheading abstains.
+
+    Chosen only on those rows because only there does the fallback fire, and they are
+    the hard ones: a threshold fitted on all rows would borrow accuracy from the easy
+    rows the subheading already answers and be too lax where it is used. With fewer
+    than ``min_rows`` such rows, 1.0 (never fall back): a handful of rows cannot show
+    that a heading answer is right often enough.
+    """
+    abstained = ~np.asarray(hs6_answered, dtype=bool)
+    if abstained.sum() < min_rows:
+        return 1.0
+    return choose_threshold(np.asarray(heading_confidence)[abstained],
+                            np.asarray(heading_correct)[abstained], target_accuracy)

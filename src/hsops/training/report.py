@@ -8,10 +8,13 @@ LABELS = {
     "n": "rows", "hs6_top1": "HS6 top-1", "hs6_top5": "HS6 top-5", "hs4_top1": "HS4 (heading)",
     "hs2_top1": "HS2 (chapter)", "macro_f1": "HS6 macro-F1", "threshold": "abstain below confidence",
     "coverage_at_target": "coverage (answered share)", "accuracy_at_target": "accuracy when answered",
+    "heading_threshold": "heading answer from confidence",
+    "heading_fallback_rate": "answered at heading level only",
+    "heading_fallback_accuracy": "heading accuracy when so answered",
     "unseen_label_rows": "rows with a code never seen in training", "mean_confidence": "mean confidence",
 }
 PERCENT = {"hs6_top1", "hs6_top5", "hs4_top1", "hs2_top1", "macro_f1", "coverage_at_target",
-           "accuracy_at_target", "mean_confidence"}
+           "accuracy_at_target", "heading_fallback_rate", "heading_fallback_accuracy", "mean_confidence"}
 
 
 def metrics_table(metrics: dict, title: str) -> Table:
@@ -24,6 +27,21 @@ def metrics_table(metrics: dict, title: str) -> Table:
         value = metrics[key]
         text = f"{100 * value:.1f}%" if key in PERCENT else (f"{value:.3f}" if isinstance(value, float) else f"{value:,}")
         table.add_row(label, text)
+    return table
+
+
+def curve_table(metrics: dict, title: str = "Risk-coverage: accuracy of the most confident answers") -> Table:
+    """The risk-coverage curve, then the largest answered share reaching each precision target."""
+    table = Table(title=title, show_header=True, header_style="bold")
+    table.add_column("answered share", justify="right")
+    table.add_column("accuracy when answered", justify="right")
+    table.add_column("abstain below confidence", justify="right")
+    curve = metrics.get("risk_coverage") or []
+    for i, point in enumerate(curve):
+        table.add_row(f"{100 * point['coverage']:.1f}%", f"{100 * point['accuracy']:.1f}%",
+                      f"{point['threshold']:.3f}", end_section=i == len(curve) - 1)
+    for target, coverage in (metrics.get("coverage_at_precision") or {}).items():
+        table.add_row(f"{100 * coverage:.1f}%", f"at least {100 * float(target):.0f}%", "(largest share)")
     return table
 
 
