@@ -89,9 +89,9 @@ class NeuralTextClassifier(Classifier):
     max_words: int = 30_000
     min_count: int = 2
     hash_buckets: int = 50_000
-    epochs: int = 10
+    epochs: int = 8
     batch_size: int = 128
-    learning_rate: float = 2e-3
+    learning_rate: float = 3e-3
     dropout: float = 0.3
     weight_decay: float = 0.0
     patience: int = 2
