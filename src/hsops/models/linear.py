@@ -145,11 +145,13 @@ class TfidfLinearClassifier(Classifier):
                 loss += trainer.step(x[rows], y[rows]) * len(rows)
             record = {"epoch": epoch, "train_loss": loss / x.shape[0]}
             if eval_x is not None:
+                # scored as it would be kept: capped to weights_per_class
                 weights, bias = trainer.weights()
-                scores = eval_x @ weights + bias
+                kept = (self._sparsify(weights), bias.copy())
+                scores = (eval_x @ kept[0]).toarray() + kept[1]
                 record["eval_top1"] = float(np.mean(self.classes_[scores.argmax(1)] == eval_y))
                 if record["eval_top1"] > best_score:
-                    best_score, best = record["eval_top1"], (self._sparsify(weights), bias)
+                    best_score, best = record["eval_top1"], kept
                     self.best_epoch_ = epoch
             self.history_.append(record)
             if on_epoch:
