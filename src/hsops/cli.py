@@ -92,7 +92,7 @@ def ingest(path: Path = typer.Argument(..., help="CSV, TSV, JSONL or Parquet fil
 
 # -- train ----------------------------------------------------------------------------------
 def run_train(dataset_version: str, kind: str, params: dict, target_accuracy: float, alias: Optional[str],
-              quiet: bool):
+              quiet: bool, upsample: bool | dict = False):
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from hsops.data.datasets import load_dataset
@@ -114,7 +114,7 @@ def run_train(dataset_version: str, kind: str, params: dict, target_accuracy: fl
                 progress.update(task, description=f"{stage} ({kind})")
 
         result = train(dataset, home, kind=kind, params=params, target_accuracy=target_accuracy,
-                       on_progress=on_progress)
+                       upsample=upsample, on_progress=on_progress)
         progress.update(task, description="registering")
         registry = Registry(home)
         if alias == "auto":
@@ -139,6 +139,8 @@ def train_cmd(dataset: Optional[str] = typer.Option(None, help="dataset version 
               param: list[str] = typer.Option([], help="hyper-parameter KEY=VALUE (repeatable)"),
               target_accuracy: float = typer.Option(0.9, help="accuracy the abstention threshold aims for"),
               alias: str = typer.Option("auto", help="champion, challenger, none, or auto (champion if none yet)"),
+              upsample: bool = typer.Option(False, "--upsample", help="duplicate rows of rare classes in the "
+                                            "train split (dev and test untouched)"),
               as_json: bool = typer.Option(False, "--json")):
     """Train a model on a dataset version, calibrate, evaluate on the test split, register."""
     from hsops.data.datasets import DatasetNotFound, list_versions
@@ -168,7 +170,7 @@ def train_cmd(dataset: Optional[str] = typer.Option(None, help="dataset version 
         dataset = versions[0]
     try:
         result, version, alias_set = run_train(dataset, kind, params, target_accuracy,
-                                                None if alias == "none" else alias, as_json)
+                                                None if alias == "none" else alias, as_json, upsample)
     except (DatasetNotFound, ValueError, TypeError) as exc:
         _fail(str(exc))
     payload = {"version": version, "alias": alias_set, **result.to_dict()}
@@ -176,10 +178,143 @@ def train_cmd(dataset: Optional[str] = typer.Option(None, help="dataset version 
         _emit_json(payload)
         return
     console.print(metrics_table(result.test_metrics, f"{kind} on the test split of {dataset}"))
+    if result.upsample:
+        up = result.upsample
+        console.print(f"up-sampled the train split from {up['rows_before']:,} to {up['rows_after']:,} rows "
+                      f"({up['classes_raised']:,} classes raised towards {up['min_per_class']} rows)")
     console.print(f"trained in {result.train_seconds:.1f}s; registered as hs-classifier@{version}"
                   + (f" ({alias_set})" if alias_set else ""))
     if not result.calibration.get("calibrated", True):
         err.print(f"[yellow]warning:[/] {result.calibration['note']}")
+
+
+# -- tune -----------------------------------------------------------------------------------
+def run_tune(dataset, kind: str, trials: int, study: Optional[str], timeout: Optional[float],
+             alias: Optional[str], register: bool, quiet: bool):
+    """The study, then (unless ``register`` is off) the best parameters through the same
+    train-and-register path as ``hsops train``, with the study recorded on the run."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from hsops.training.tune import tune
+
+    home = hsops_home()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=err, disable=quiet,
+                  transient=True) as progress:
+        task = progress.add_task(f"tuning {kind}", total=trials, info="")
+
+        def on_trial(stage: str, info: dict):
+            if stage == "epoch":
+                top1 = info.get("eval_top1")
+                progress.update(task, description=f"trial {info['trial']}",
+                                info=f"epoch {info['epoch']}" + (f" dev top-1 {top1:.3f}" if top1 is not None else ""))
+            elif stage == "trial":
+                shown = info["state"] + (f" {info['value']:.3f}" if info["value"] is not None else "")
+                progress.update(task, completed=info["finished"], info=f"trial {info['number']}: {shown}")
+
+        result = tune(dataset, home, kind=kind, n_trials=trials, name=study, timeout=timeout,
+                      on_progress=on_trial)
+        if not register:
+            return result, None, None, None
+        from hsops.registry.mlflow_registry import Registry
+        from hsops.training.train import train
+
+        progress.update(task, description=f"training {kind} with the best parameters", info="")
+        trained = train(dataset, home, kind=kind, params=result.best_params)
+        progress.update(task, description="registering")
+        registry = Registry(home)
+        if alias == "auto":
+            # a re-run that found nothing better re-trains a registered model: leave its
+            # aliases alone rather than make it the challenger of itself
+            known = any((home / v["artifact"]).resolve() == trained.artifact_dir.resolve()
+                        for v in registry.versions())
+            alias = None if known else "challenger" if "champion" in _aliases(home) else "champion"
+        version = registry.register(trained, alias=alias, tags=result.run_tags(), metrics=result.run_metrics())
+    return result, trained, version, alias
+
+
+@app.command("tune")
+def tune_cmd(kind: str = typer.Option("linear", "--model", "--kind", help="model kind to tune"),
+             trials: int = typer.Option(20, help="finished (complete or pruned) trials the study should end with; "
+                                                 "a resumed study runs only the missing ones"),
+             dataset: Optional[str] = typer.Option(None, help="dataset version (default: the latest ingested)"),
+             study: Optional[str] = typer.Option(None, help="a name that keeps this study apart from others "
+                                                             "of the same model kind and dataset"),
+             timeout: Optional[float] = typer.Option(None, help="start no new trial after this many seconds"),
+             alias: str = typer.Option("auto", help="champion, challenger, none, or auto (champion if none yet)"),
+             register: bool = typer.Option(True, "--register/--no-register",
+                                           help="train the best parameters and register the model"),
+             as_json: bool = typer.Option(False, "--json")):
+    """Tune hyper-parameters (Optuna TPE, median pruning) on the dev split, then train and
+    register the best. The study lives in HSOPS_HOME/tuning/optuna.db: re-running the same
+    command after a stop continues it."""
+    from hsops.data.datasets import DatasetNotFound, list_versions, load_dataset
+    from hsops.models.base import model_kinds
+    from hsops.training.tune import TuningError, search_space, study_name
+
+    if kind not in model_kinds():
+        _fail(f"unknown model kind {kind!r}; known: {sorted(model_kinds())}")
+    if trials < 1:
+        _fail(f"--trials must be at least 1, got {trials}")
+    if timeout is not None and timeout <= 0:
+        _fail(f"--timeout must be a positive number of seconds, got {timeout}")
+    if alias not in ("auto", "none", "champion", "challenger"):
+        _fail("--alias must be champion, challenger, none or auto")
+    try:
+        search_space(kind)
+        study_name(kind, "", study)
+    except ValueError as exc:
+        _fail(str(exc))
+    home = hsops_home()
+    if dataset is None:
+        versions = list_versions(home)
+        if not versions:
+            _fail("no dataset yet: run `hsops ingest FILE` first")
+        dataset = versions[0]
+    try:
+        data = load_dataset(home, dataset)
+        result, trained, version, alias_set = run_tune(data, kind, trials, study, timeout,
+                                                       None if alias == "none" else alias, register, as_json)
+    except DatasetNotFound as exc:
+        _fail(str(exc))
+    except TuningError as exc:
+        _fail(str(exc), code=1)
+    except ValueError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        _fail("interrupted: finished trials are kept; run the same command again to continue the study", code=130)
+    payload = {**result.to_dict(), "version": version, "alias": alias_set}
+    if trained is not None:
+        payload |= {"artifact_dir": str(trained.artifact_dir), "dev_metrics": trained.dev_metrics,
+                    "test_metrics": trained.test_metrics}
+    if as_json:
+        _emit_json(payload)
+    else:
+        console.print(tuning_table(result))
+        if trained is not None:
+            from hsops.training.report import metrics_table
+
+            console.print(metrics_table(trained.test_metrics, f"best {kind} on the test split of {dataset}"))
+            console.print(f"registered as hs-classifier@{version}" + (f" ({alias_set})" if alias_set else ""))
+    if result.stopped:
+        why = "--timeout" if result.stopped == "timeout" else "too many failed trials"
+        err.print(f"[yellow]warning:[/] stopped by {why} with {result.finished} of {trials} trials finished; "
+                  "run the same command again to continue")
+    for number, error in result.errors:
+        err.print(f"[yellow]warning:[/] trial {number} failed: {error}")
+
+
+def tuning_table(result) -> Table:
+    table = Table(title=f"Study {result.study_name} ({result.storage} in HSOPS_HOME)", show_header=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    table.add_row("trials run now", str(result.ran))
+    table.add_row("complete / pruned / failed", f"{result.complete} / {result.pruned} / {result.failed}")
+    table.add_row("best trial", str(result.best_trial))
+    table.add_row("best dev top-1", f"{100 * result.best_value:.1f}%")
+    for key, value in result.best_params.items():
+        table.add_row(f"  {key}", f"{value:.4g}" if isinstance(value, float) else str(value))
+    return table
 
 
 # -- evaluate -------------------------------------------------------------------------------
@@ -200,7 +335,7 @@ def evaluate(model: str = typer.Option("champion", help="champion, challenger or
     from hsops.models.artifact import ArtifactError
     from hsops.registry.index import ModelNotFound, resolve
     from hsops.training.model_io import evaluate_artifact
-    from hsops.training.report import metrics_table
+    from hsops.training.report import curve_table, metrics_table
 
     home = hsops_home()
     try:
@@ -241,6 +376,7 @@ def evaluate(model: str = typer.Option("champion", help="champion, challenger or
         _emit_json(payload)
     else:
         console.print(metrics_table(metrics, f"{resolved.label} on {source}"))
+        console.print(curve_table(metrics))
         if rejected:
             console.print(f"{sum(rejected.values()):,} rows could not be scored: {rejected}")
     if seen:
@@ -309,6 +445,8 @@ def predictions_table(texts: list[str], predictions: list[dict]) -> Table:
     for text, p in zip(texts, predictions):
         alternatives = " ".join(f"{a['hs_code']}" for a in p["alternatives"][:2])
         conf = f"{100 * p['confidence']:.0f}%" + (" [yellow]abstain[/]" if p["abstain"] else "")
+        if p.get("heading"):
+            conf += f" [cyan]heading {p['heading']['code']} {100 * p['heading']['confidence']:.0f}%[/]"
         row = [text[:80], p["hs_code"], p["hs_description"], conf, alternatives]
         if explained:
             row.append(", ".join(repr(e["term"]) for e in (p.get("explanation") or [])[:4]))

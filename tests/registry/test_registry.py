@@ -89,3 +89,18 @@ def test_a_copied_home_resolves_its_own_artifacts(trained, tmp_path):
     shutil.copytree(home, copy)
     Registry(copy).set_alias("champion", resolve(copy, "champion").version, reason="rewrite index")
     assert resolve(copy, "champion").artifact_dir.resolve().is_relative_to(copy.resolve())
+
+
+def test_register_records_extra_tags_and_metrics_also_on_a_known_artifact(trained):
+    home, first, _ = trained
+    registry = Registry(home)
+    dataset = load_dataset(home, first.dataset_version)
+    third = train(dataset, home, params={"epochs": 4, "min_df": 1})
+    version = registry.register(third, tags={"tune_study": "s1"}, metrics={"tune_best_dev_top1": 0.5})
+    run_id = next(v["run_id"] for v in registry.versions() if v["version"] == version)
+    run = registry.client.get_run(run_id)
+    assert run.data.tags["tune_study"] == "s1" and run.data.metrics["tune_best_dev_top1"] == 0.5
+    assert run.data.tags["model_kind"] == "linear"  # the usual tags are still there
+    assert registry.register(third, tags={"tune_study": "s2"}, metrics={"tune_best_dev_top1": 0.75}) == version
+    run = registry.client.get_run(run_id)
+    assert run.data.tags["tune_study"] == "s2" and run.data.metrics["tune_best_dev_top1"] == 0.75

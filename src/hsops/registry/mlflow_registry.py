@@ -45,23 +45,33 @@ class Registry:
             EXPERIMENT, artifact_location=(self.home / "mlruns").as_uri())
 
     # -- writing -------------------------------------------------------------------------
-    def register(self, result, *, name: str = DEFAULT_MODEL, alias: str | None = None) -> str:
+    def register(self, result, *, name: str = DEFAULT_MODEL, alias: str | None = None,
+                 tags: dict | None = None, metrics: dict | None = None) -> str:
         # one writer at a time: two trainings finishing together must not interleave
         # their version checks and index rewrites
         with file_lock(self.home / "registry" / ".lock"):
-            return self._register(result, name=name, alias=alias)
+            return self._register(result, name=name, alias=alias, extra_tags=tags or {},
+                                  extra_metrics=metrics or {})
 
-    def _register(self, result, *, name: str, alias: str | None) -> str:
+    def _register(self, result, *, name: str, alias: str | None, extra_tags: dict,
+                  extra_metrics: dict) -> str:
         """Log a TrainResult as a run and a new model version; return the version.
 
-        Idempotent: an artifact that is already registered (the same content address,
-        e.g. a deterministic re-training) returns its existing version.
+        ``extra_tags``/``extra_metrics`` record how the model came about (e.g. the tuning
+        study behind its hyper-parameters). Idempotent: an artifact that is already
+        registered (the same content address, e.g. a deterministic re-training) returns
+        its existing version, and the extras are written to that version's run (tags and
+        metrics, unlike parameters, may be updated).
         """
         from mlflow.exceptions import MlflowException
 
         artifact_dir = Path(result.artifact_dir)
         for existing in self.versions(name):
             if (self.home / existing["artifact"]).resolve() == artifact_dir.resolve():
+                for key, value in extra_tags.items():
+                    self.client.set_tag(existing["run_id"], key, str(value))
+                for key, value in extra_metrics.items():
+                    self.client.log_metric(existing["run_id"], key, float(value))
                 if alias:
                     self._set_alias(alias, existing["version"], name=name, reason="re-registered")
                 return existing["version"]
@@ -79,8 +89,8 @@ class Registry:
             metrics |= {"train_seconds": result.train_seconds,
                         "temperature": result.calibration["temperature"],
                         "abstain_threshold": result.calibration["threshold"]}
-            self._mlflow.log_metrics(metrics)
-            self._mlflow.set_tags(tags)
+            self._mlflow.log_metrics(metrics | {k: float(v) for k, v in extra_metrics.items()})
+            self._mlflow.set_tags(tags | {k: str(v) for k, v in extra_tags.items()})
             self._mlflow.log_artifact(str(artifact_dir / "manifest.json"))
         try:
             self.client.create_registered_model(name, description="HS6 classifier for customs descriptions")
