@@ -4,7 +4,9 @@ test split, on the test-only sets HSCodeComp and ATLAS, and as a serving replica
 
 Run with `make bench-models` (all kinds, both variants, then the best model by HS6
 top-1 becomes the champion) or, for example,
-`python benchmarks/bench_models.py --kinds textcnn,svc --variants plain`.
+`python benchmarks/bench_models.py --kinds textcnn,svc --variants plain`; with `--resume`
+the rows already measured on the same dataset version are kept, so an interrupted run
+continues and the kinds can be measured in several runs.
 Writes benchmarks/results/models.json and models.md. Models are trained and
 registered in HSOPS_HOME (default ~/.hsops) through `hsops train`, each in its own
 process, so each one's peak memory is its own. Timings are wall-clock on this machine.
@@ -139,6 +141,8 @@ def main() -> None:
     parser.add_argument("--variants", choices=("both", "plain", "upsampled"), default="both")
     parser.add_argument("--threads", type=int, default=2, help="torch threads for neural training")
     parser.add_argument("--promote", action="store_true", help="make the best model the champion")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the rows already measured on this dataset version (models.partial.json)")
     args = parser.parse_args()
 
     from hsops._config import corpus_path, data_home, hsops_home
@@ -161,8 +165,13 @@ def main() -> None:
     sets = external_sets(data_home())
     variants = {"both": (False, True), "plain": (False,), "upsampled": (True,)}[args.variants]
 
-    rows = [measure(kind, upsample, args.threads, test_texts, sets)
-            for kind in kinds for upsample in variants]
+    done = previous_rows(dataset.version) if args.resume else {}
+    for kind in kinds:
+        for upsample in variants:
+            if (kind, upsample) not in done:
+                done[(kind, upsample)] = measure(kind, upsample, args.threads, test_texts, sets)
+                save_partial(dataset.version, done)  # a crash loses at most the model in training
+    rows = list(done.values())
     out = {"machine": machine(), "dataset_version": dataset.version,
            "train_rows": len(dataset.part("train")[0]), "test_rows": len(test_texts),
            "pricing": {"lambda_gb_second_usd": LAMBDA_GB_SECOND_USD,
@@ -184,6 +193,23 @@ def main() -> None:
     markdown = render(out)
     (RESULTS / "models.md").write_text(markdown)
     print(markdown)
+
+
+PARTIAL = RESULTS / "models.partial.json"
+
+
+def previous_rows(version: str) -> dict:
+    if not PARTIAL.exists():
+        return {}
+    saved = json.loads(PARTIAL.read_text())
+    if saved.get("dataset_version") != version:
+        return {}
+    return {(r["kind"], r["upsample"]): r for r in saved["rows"]}
+
+
+def save_partial(version: str, done: dict) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    PARTIAL.write_text(json.dumps({"dataset_version": version, "rows": list(done.values())}, default=str))
 
 
 def pct(value) -> str:

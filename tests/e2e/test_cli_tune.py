@@ -2,23 +2,12 @@
 the registered result, and clear refusals of bad input."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
 from tests._samples import sample_rows, write_csv
+from tests.e2e._cli import run
 
-HSOPS = [sys.executable, "-m", "hsops.cli"]
-
-
-def run(args, home, check=True):
-    env = {**os.environ, "HSOPS_HOME": str(home)}
-    proc = subprocess.run(HSOPS + args, env=env, capture_output=True, text=True, timeout=900)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"hsops {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return proc
 
 
 @pytest.fixture(scope="module")

@@ -77,6 +77,30 @@ def read_model_json(directory: Path) -> dict:
     return json.loads((Path(directory) / MODEL_FILE).read_text(encoding="utf-8"))
 
 
+def save_directory(directory: Path, fitted: bool) -> Path:
+    """The folder ``save`` writes into (created), after refusing an unfitted model."""
+    if not fitted:
+        raise NotFittedError("cannot save a model that is not fitted")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+def saved_params(cls: type["Classifier"], directory: Path) -> tuple[dict, dict]:
+    """``(model.json, constructor arguments)`` of a model ``cls`` saved in ``directory``.
+
+    Refuses a folder holding another kind; JSON lists become tuples where the
+    constructor's default is a tuple."""
+    spec = read_model_json(directory)
+    if spec.get("kind") != cls.kind:
+        raise ValueError(f"{directory} holds a {spec.get('kind')!r} model, not {cls.kind!r}")
+    defaults = {p.name: p.default for p in inspect.signature(cls.__init__).parameters.values()
+                if p.kind is p.KEYWORD_ONLY}
+    params = {k: tuple(v) if isinstance(defaults.get(k), tuple) and isinstance(v, list) else v
+              for k, v in spec["params"].items()}
+    return spec, params
+
+
 def _builtin_kinds() -> dict[str, str]:
     return {"linear": "hsops.models.linear:TfidfLinearClassifier",
             "svc": "hsops.models.svc:LinearSVCClassifier",

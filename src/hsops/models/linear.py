@@ -26,7 +26,8 @@ from hsops.models.base import (
     Classifier,
     NotFittedError,
     check_training_input,
-    read_model_json,
+    save_directory,
+    saved_params,
     write_model_json,
 )
 from hsops.models.text_features import TfidfFeaturizer
@@ -232,10 +233,7 @@ class TfidfLinearClassifier(Classifier):
 
     # -- files ---------------------------------------------------------------------------
     def save(self, directory: Path) -> None:
-        if not hasattr(self, "weights_"):
-            raise NotFittedError("cannot save a model that is not fitted")
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        directory = save_directory(directory, hasattr(self, "weights_"))
         self.featurizer_.save(directory)
         w = self.weights_
         np.savez_compressed(directory / WEIGHTS_FILE, data=w.data, indices=w.indices.astype(np.int32),
@@ -247,11 +245,7 @@ class TfidfLinearClassifier(Classifier):
     @classmethod
     def load(cls, directory: Path) -> "TfidfLinearClassifier":
         directory = Path(directory)
-        spec = read_model_json(directory)
-        if spec.get("kind") != cls.kind:
-            raise ValueError(f"{directory} holds a {spec.get('kind')!r} model, not {cls.kind!r}")
-        params = dict(spec["params"])
-        params["char_ngrams"] = tuple(params["char_ngrams"])
+        spec, params = saved_params(cls, directory)
         model = cls(**params)
         model.classes_ = np.array(spec["classes"])
         model.featurizer_ = TfidfFeaturizer.load(directory)

@@ -30,7 +30,8 @@ from hsops.models.base import (
     Classifier,
     NotFittedError,
     check_training_input,
-    read_model_json,
+    save_directory,
+    saved_params,
     write_model_json,
 )
 from hsops.models.encoder import TextEncoder
@@ -200,10 +201,7 @@ class NeuralTextClassifier(Classifier):
 
     # -- files -----------------------------------------------------------------------------
     def save(self, directory: Path) -> None:
-        if not hasattr(self, "module_"):
-            raise NotFittedError("cannot save a model that is not fitted")
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        directory = save_directory(directory, hasattr(self, "module_"))
         self.encoder_.save(directory)
         state = {k: v.detach().cpu().numpy() for k, v in self.module_.state_dict().items()}
         np.savez_compressed(directory / WEIGHTS_FILE, **state)
@@ -228,12 +226,7 @@ class NeuralTextClassifier(Classifier):
     @classmethod
     def load(cls, directory: Path) -> "NeuralTextClassifier":
         directory = Path(directory)
-        spec = read_model_json(directory)
-        if spec.get("kind") != cls.kind:
-            raise ValueError(f"{directory} holds a {spec.get('kind')!r} model, not {cls.kind!r}")
-        defaults = cls().get_params()
-        params = {k: tuple(v) if isinstance(defaults.get(k), tuple) else v
-                  for k, v in spec["params"].items()}
+        spec, params = saved_params(cls, directory)
         model = cls(**params)
         model.classes_ = np.array(spec["classes"])
         model.encoder_ = TextEncoder.load(directory)
