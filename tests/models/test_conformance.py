@@ -10,7 +10,7 @@ from .conformance import ClassifierConformance
 # Small, fast hyper-parameters per kind; a kind not listed runs with its defaults.
 FAST_PARAMS = {
     "linear": {"epochs": 3, "min_df": 1},
-    "minilm": {"epochs": 30},
+    "minilm": {"epochs": 10, "learning_rate": 0.003},
     "svc": {"epochs": 3, "min_df": 1},
     **{kind: {"epochs": 10, "learning_rate": 0.03, "embedding_dim": 32, "hash_buckets": 500,
               "min_count": 1, "batch_size": 16, "dropout": 0.0, "num_threads": 1, **size}
