@@ -16,7 +16,7 @@ def trained(tmp_path_factory):
     report = ingest_file(write_csv(home / "d.csv", sample_rows()), home)
     dataset = load_dataset(home, report.dataset_version)
     first = train(dataset, home, params={"epochs": 2, "min_df": 1})
-    second = train(dataset, home, params={"epochs": 3, "min_df": 1})
+    second = train(dataset, home, params={"epochs": 3, "min_df": 1}, upsample={"min_per_class": 12})
     return home, first, second
 
 
@@ -31,6 +31,9 @@ def test_register_records_lineage_and_aliases(trained):
     assert champion.info["dataset_version"] == first.dataset_version
     assert champion.info["metrics"]["hs6_top1"] == pytest.approx(first.test_metrics["hs6_top1"])
     assert champion.info["params"]["epochs"] == "2"
+    assert champion.info["params"]["upsample"] == "none"
+    upsampled = json.loads(resolve(home, "challenger").info["params"]["upsample"])
+    assert upsampled["min_per_class"] == 12 and upsampled["rows_after"] >= upsampled["rows_before"]
     assert resolve(home, f"hs-classifier@{v2}").artifact_dir == second.artifact_dir
     # MLflow is the source of truth: the alias is there too
     mv = registry.client.get_model_version_by_alias("hs-classifier", "challenger")

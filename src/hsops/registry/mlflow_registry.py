@@ -81,7 +81,9 @@ class Registry:
                                     run_name=f"{result.kind}-{result.dataset_version}") as run:
             self._mlflow.log_params({k: json.dumps(v) if not isinstance(v, (int, float, str)) else v
                                      for k, v in result.params.items()})
-            self._mlflow.log_params({"target_accuracy": result.calibration["target_accuracy"]})
+            upsample = getattr(result, "upsample", None)  # what the train split was up-sampled to
+            self._mlflow.log_params({"target_accuracy": result.calibration["target_accuracy"],
+                                     "upsample": json.dumps(upsample) if upsample else "none"})
             metrics = {f"test_{k}": v for k, v in result.test_metrics.items()
                        if isinstance(v, (int, float)) and v is not None}
             metrics |= {f"dev_{k}": v for k, v in result.dev_metrics.items()
