@@ -179,15 +179,19 @@ def main() -> None:
                        "lambda_request_usd": LAMBDA_REQUEST_USD,
                        "memory": "peak serving RSS x 1.25, at least 128 MB; duration billed per 1 ms"},
            "targets": TARGETS, "rows": rows}
-    best = max(rows, key=lambda r: r["test_metrics"]["hs6_top1"])
-    out["best"] = {"kind": best["kind"], "upsample": best["upsample"], "version": best["version"]}
-    if args.promote:
-        from hsops.registry.mlflow_registry import Registry
+    from hsops.registry.mlflow_registry import Registry
 
-        Registry(home).set_alias("champion", str(best["version"]), reason=(
-            f"bench-models: best HS6 top-1 on the test split of {dataset.version} "
-            f"({best['test_metrics']['hs6_top1']:.4f}, {best['kind']}"
-            f"{' up-sampled' if best['upsample'] else ''})"))
+    registry = Registry(home)
+    runs = {v["version"]: v["run_id"] for v in registry.versions()}
+    for row in rows:  # the model is chosen on the dev split; the test split only reports
+        row["dev_hs6_top1"] = registry.client.get_run(runs[str(row["version"])]).data.metrics["dev_hs6_top1"]
+    best = max(rows, key=lambda r: r["dev_hs6_top1"])
+    out["best"] = {"kind": best["kind"], "upsample": best["upsample"], "version": best["version"],
+                   "dev_hs6_top1": best["dev_hs6_top1"]}
+    if args.promote:
+        registry.set_alias("champion", str(best["version"]), reason=(
+            f"bench-models: best HS6 top-1 on the dev split of {dataset.version} "
+            f"({best['dev_hs6_top1']:.4f}, {best['kind']}{' up-sampled' if best['upsample'] else ''})"))
         out["best"]["promoted"] = True
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "models.json").write_text(json.dumps(out, indent=2, default=str))
@@ -259,10 +263,12 @@ def render(out: dict) -> str:
 
 def targets(out: dict) -> list[str]:
     rows, t = out["rows"], out["targets"]
-    best = max(rows, key=lambda r: r["test_metrics"]["hs6_top1"])
+    best = next(r for r in rows if r["version"] == out["best"]["version"])
     bm = best["test_metrics"]
-    lines = [f"Best model: {best['kind']}{' (up-sampled)' if best['upsample'] else ''}, "
-             f"registered version {best['version']}" + (", now the champion." if out["best"].get("promoted") else "."), ""]
+    lines = [f"Best model, chosen by HS6 top-1 on the dev split ({pct(best['dev_hs6_top1'])}%): "
+             f"{best['kind']}{' (up-sampled)' if best['upsample'] else ''}, registered version {best['version']}"
+             + (", now the champion." if out["best"].get("promoted") else ".")
+             + " Its test numbers below are those of one model among all in the table.", ""]
     baselines = [("the linear row above", r["test_metrics"]["hs6_top1"])
                  for r in rows if r["kind"] == "linear" and not r["upsample"]]
     first = RESULTS / "baseline.json"  # the first issue's measured baseline, when present

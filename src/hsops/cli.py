@@ -173,6 +173,8 @@ def train_cmd(dataset: Optional[str] = typer.Option(None, help="dataset version 
                                                 None if alias == "none" else alias, as_json, upsample)
     except (DatasetNotFound, ValueError, TypeError) as exc:
         _fail(str(exc))
+    except (MemoryError, RuntimeError) as exc:  # e.g. an embedding table too large for memory
+        _fail(f"training {kind} failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
     payload = {"version": version, "alias": alias_set, **result.to_dict()}
     if as_json:
         _emit_json(payload)

@@ -197,3 +197,11 @@ def test_publish_across_filesystems_falls_back_to_copy(tmp_path, monkeypatch):
     verify(final)
     assert not staging.exists()
     assert [p.name for p in root.iterdir()] == [final.name]
+
+
+def test_a_published_artifact_whose_manifest_was_rewritten_is_refused(tmp_path):
+    final = publish(make_artifact(staging_dir(tmp_path / "root")), tmp_path / "root")
+    np.savez(final / "weights.npz", w=np.asarray([9.0], dtype=np.float32))
+    write_manifest(final, {"name": "hs6", "version": 1})  # consistent files, wrong address
+    with pytest.raises(ArtifactError, match="content address"):
+        verify(final)

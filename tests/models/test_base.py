@@ -35,3 +35,9 @@ def test_check_params_coerces_and_refuses():
 def test_out_of_range_hyper_parameters_fail_at_fit(params, said):
     with pytest.raises(ValueError, match=said):
         TfidfLinearClassifier(**params).fit(["PLASTIC CUPS", "AIR FILTER"], ["392410", "842131"])
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_numbers_are_refused(value):
+    with pytest.raises(ValueError, match="learning_rate must be like"):
+        check_params(TfidfLinearClassifier, {"learning_rate": value})

@@ -108,3 +108,34 @@ print(sorted(m for m in ("torch", "mlflow", "pandas", "sklearn") if m in sys.mod
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def copy_artifact(source, target):
+    target.mkdir(exist_ok=True)
+    for f in source.iterdir():
+        (target / f.name).write_bytes(f.read_bytes())
+    return target
+
+
+def test_an_onnx_file_outside_the_artifact_is_refused(exported, tmp_path):
+    directory = copy_artifact(exported, tmp_path / "a")
+    spec = json.loads((directory / "model.json").read_text())
+    spec["onnx"]["file"] = "../elsewhere/model.onnx"
+    (directory / "model.json").write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match="not a file of the artifact"):
+        load_runtime(directory)
+
+
+def test_an_encoder_larger_than_the_network_is_refused_at_load(exported, tmp_path):
+    directory = copy_artifact(exported, tmp_path / "a")
+    encoder = json.loads((directory / "encoder.json").read_text())
+    encoder["config"]["hash_buckets"] += 1000
+    (directory / "encoder.json").write_text(json.dumps(encoder))
+    with pytest.raises(ValueError, match="does not fit the network"):
+        load_runtime(directory)
+
+
+def test_filter_widths_must_be_positive_integers():
+    for widths in ([True, 2, 3, 4], [0, 1, 2, 3]):
+        with pytest.raises(ValueError, match="textcnn: filter_widths"):
+            make("textcnn", filter_widths=tuple(widths)).fit(*training_data())

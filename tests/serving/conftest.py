@@ -101,8 +101,9 @@ def register_copy(home: Path, golden: Path, version: str, aliases=("champion",),
 
 @pytest.fixture
 def artifact_dir(home, golden_artifact) -> Path:
-    """A private copy of the artifact inside this test's HSOPS_HOME (not registered)."""
-    target = home / "artifacts" / golden_artifact.name
+    """A private copy of the artifact inside this test's HSOPS_HOME (not registered), in a
+    folder not named by its digest, so tests may edit it and rewrite its manifest."""
+    target = home / "artifacts" / "editable-copy"
     shutil.copytree(golden_artifact, target)
     return target
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import dataclasses
 import json
 
@@ -319,3 +321,12 @@ def test_level_and_heading_are_serialised():
     (p,) = _fixed_predictor(threshold=0.6, heading_threshold=0.8).predict(["heading only"])
     out = json.loads(json.dumps(p.to_dict()))
     assert out["level"] == "heading" and out["heading"]["code"] == "3924"
+
+
+def test_explanation_spans_point_at_the_words_of_the_text_sent(predictor):
+    for sent in ("İZMIR PLASTIC CUPS", "PLASTIC-CUPS  X 40", "plastic water bottles"):
+        (p,) = predictor.predict([sent], explain=True)
+        for e in p.explanation:
+            if "start" in e:
+                span = sent[e["start"] : e["end"]].lower()
+                assert re.findall(r"[a-z0-9]+", span) == e["term"].split()

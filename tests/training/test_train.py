@@ -213,3 +213,11 @@ def test_a_trained_artifact_carries_its_heading_threshold(dataset, tmp_path):
     assert "heading_threshold" in written
     assert Calibration.read(result.artifact_dir).heading_threshold == written["heading_threshold"]
     assert "heading_fallback_rate" in result.test_metrics
+
+
+def test_a_diverged_model_is_refused_and_nothing_is_published(dataset, tmp_path):
+    home = tmp_path / "home"
+    with pytest.raises(ValueError, match="diverged"):
+        train(dataset, home, kind="dnn", params={"learning_rate": 1e30, "epochs": 2, "embedding_dim": 8,
+                                                  "hash_buckets": 100, "min_count": 1, "hidden_size": 8})
+    assert not list((home / "artifacts").glob("*")) if (home / "artifacts").exists() else True

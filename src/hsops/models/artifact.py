@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from hsops._fs import staging_dir
 from hsops._hashing import sha256_file
 
 MANIFEST = "manifest.json"
+_DIGEST_NAME = re.compile(r"[0-9a-f]{64}")
 ALLOWED_SUFFIXES = {".json", ".npz", ".onnx", ".safetensors", ".txt"}
 
 
@@ -66,6 +68,9 @@ def verify(directory: Path) -> dict:
             raise TypeError("'files' must map each file name to its sha256")
     except (ValueError, KeyError, TypeError) as exc:
         raise ArtifactError(f"{manifest_path}: unreadable manifest ({exc})") from exc
+    if _DIGEST_NAME.fullmatch(directory.name) and directory.name != manifest_digest(directory):
+        # published artifacts are named by their manifest: a rewritten manifest shows here
+        raise ArtifactError(f"{directory}: the manifest does not match the artifact's content address")
     present = {p.name for p in directory.iterdir() if p.name != MANIFEST}
     if extra := present - set(files):
         raise ArtifactError(f"{directory}: files not in the manifest: {sorted(extra)}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 from abc import ABC, abstractmethod
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -141,7 +142,7 @@ def check_params(cls: type[Classifier], params: dict) -> dict:
         elif isinstance(default, int):
             ok = isinstance(value, int) and not isinstance(value, bool)
         elif isinstance(default, float):
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
             value = float(value) if ok else value
         elif isinstance(default, tuple):
             ok = isinstance(value, (list, tuple)) and len(value) == len(default)

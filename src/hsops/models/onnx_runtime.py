@@ -50,7 +50,10 @@ class OnnxTextClassifier:
         directory = Path(directory)
         spec = read_model_json(directory)
         onnx_spec = spec.get("onnx") or {}
-        model_file = directory / onnx_spec.get("file", "model.onnx")
+        name = str(onnx_spec.get("file", "model.onnx"))
+        if Path(name).name != name:  # only a file of this artifact, whose hash was checked
+            raise ValueError(f"{directory}: model.json names {name!r}, not a file of the artifact")
+        model_file = directory / name
         if not model_file.is_file():
             raise NotFittedError(f"{directory}: no exported ONNX model ({model_file.name})")
         session = _session(model_file)
@@ -59,7 +62,19 @@ class OnnxTextClassifier:
         width = outputs[0].shape[-1] if outputs else None
         if isinstance(width, int) and width != len(classes):
             raise ValueError(f"{directory}: the ONNX model gives {width} scores for {len(classes)} classes")
-        return cls(spec["kind"], classes, TextEncoder.load(directory), session, onnx_spec)
+        model = cls(spec["kind"], classes, TextEncoder.load(directory), session, onnx_spec)
+        model._check_table_size()
+        return model
+
+    def _check_table_size(self) -> None:
+        """The encoder's largest id must exist in the network's embedding table: a
+        mismatch would otherwise surface as an out-of-bounds error on some request."""
+        largest = np.full((1, max(self._min_tokens, 1), self.encoder.width), self.encoder.n_ids - 1,
+                          dtype=np.int64)
+        try:
+            self._session.run([self._output], {self._input: largest})
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types
+            raise ValueError(f"the encoder ({self.encoder.n_ids} ids) does not fit the network: {exc}") from exc
 
     def logits(self, texts: list[str]) -> np.ndarray:
         out = []

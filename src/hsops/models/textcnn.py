@@ -47,7 +47,5 @@ class TextCNNClassifier(NeuralTextClassifier):
     filter_widths: tuple[int, int, int, int] = (2, 3, 4, 5)
 
     def _module(self, n_ids: int, n_classes: int) -> nn.Module:
-        if any(not isinstance(w, int) or w < 1 for w in self.filter_widths):
-            raise ValueError(f"filter_widths must be positive integers, got {self.filter_widths!r}")
         return _TextCNN(n_ids, n_classes, self.embedding_dim, self.filters,
                         tuple(self.filter_widths), self.dropout)

@@ -119,8 +119,12 @@ class NeuralTextClassifier(Classifier):
                 raise ValueError(f"{self.kind}: {name} must be positive, got {value!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"{self.kind}: dropout must be in [0, 1), got {self.dropout!r}")
-        if self.weight_decay < 0 or self.num_threads < 0 or self.patience < 0:
-            raise ValueError(f"{self.kind}: weight_decay, num_threads and patience must be >= 0")
+        for name in ("weight_decay", "num_threads", "patience"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{self.kind}: {name} must be >= 0, got {getattr(self, name)!r}")
+        widths = getattr(self, "filter_widths", (1,))
+        if any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
+            raise ValueError(f"{self.kind}: filter_widths must be positive integers, got {widths!r}")
 
     # -- training --------------------------------------------------------------------------
     def fit(self, texts, labels, *, eval_set=None, on_epoch=None) -> "NeuralTextClassifier":

@@ -103,8 +103,8 @@ class Predictor:
         calibration = Calibration.read(path)
         try:
             model = load_runtime(path)
-        except (OSError, ValueError, KeyError) as exc:
-            raise ArtifactError(f"{path}: the model files do not load ({exc})") from exc
+        except Exception as exc:  # noqa: BLE001 - whatever a corrupt file raises, refuse it
+            raise ArtifactError(f"{path}: the model files do not load ({type(exc).__name__}: {exc})") from exc
         return cls(model, model_version=model_version, calibration=calibration,
                    artifact_dir=path, manifest=manifest)
 
@@ -126,7 +126,8 @@ class Predictor:
         terms = []
         for term, weight in own(text, class_index, top=EXPLAIN_TERMS):
             # the term is a normalised word (or pair); point at it where the text has it
-            found = re.search(rf"(?<![a-z0-9]){re.escape(term)}(?![a-z0-9])", text.lower())
+            words = r"[^a-z0-9]+".join(re.escape(w) for w in term.split())
+            found = re.search(rf"(?<![a-z0-9]){words}(?![a-z0-9])", text, re.IGNORECASE)
             span = {"start": found.start(), "end": found.end()} if found else {}
             terms.append({"term": term, "weight": float(weight), **span})
         return terms

@@ -113,6 +113,10 @@ def train(dataset: Dataset, home: Path, *, kind: str = "linear", params: dict | 
     started = time.perf_counter()
     model.fit(train_x, train_y, **fit_kwargs)
     train_seconds = time.perf_counter() - started
+    probe = model.predict_proba((dev_x or train_x)[:256])
+    if not np.isfinite(probe).all():  # never register a model that answers NaN
+        raise ValueError(f"training diverged: {kind} gives non-finite probabilities "
+                         "(try a lower learning_rate)")
 
     notify("calibrate", {"rows": len(dev_x)})
     calibration = _calibrate(model, dev_x, dev_y, target_accuracy)
