@@ -143,6 +143,8 @@ def main() -> None:
     parser.add_argument("--promote", action="store_true", help="make the best model the champion")
     parser.add_argument("--resume", action="store_true",
                         help="keep the rows already measured on this dataset version (models*.partial.json)")
+    parser.add_argument("--reprobe", action="store_true",
+                        help="measure serving again for every row kept by --resume")
     parser.add_argument("--partial-name", default="", help="suffix of this run's partial results file")
     args = parser.parse_args()
 
@@ -150,6 +152,7 @@ def main() -> None:
     from hsops.data.datasets import load_dataset
     from hsops.data.ingest import ingest_file
     from hsops.models.base import model_kinds
+    from hsops.registry.mlflow_registry import Registry
 
     corpus = corpus_path()
     if corpus is None:
@@ -173,14 +176,18 @@ def main() -> None:
                 done[(kind, upsample)] = measure(kind, upsample, args.threads, test_texts, sets)
                 save_partial(dataset.version, done, args.partial_name)  # a crash loses one model at most
     rows = list(done.values())
+    if args.reprobe:  # serving measured again, one model at a time on a quiet machine
+        artifacts = {v["version"]: home / v["artifact"] for v in Registry(home).versions()}
+        for row in rows:
+            row["serving"] = serving_probe(artifacts[str(row["version"])], test_texts)
+            row["cost_per_million_usd"] = cost_per_million(row["serving"])
+        save_partial(dataset.version, done, args.partial_name)
     out = {"machine": machine(), "dataset_version": dataset.version,
            "train_rows": len(dataset.part("train")[0]), "test_rows": len(test_texts),
            "pricing": {"lambda_gb_second_usd": LAMBDA_GB_SECOND_USD,
                        "lambda_request_usd": LAMBDA_REQUEST_USD,
                        "memory": "peak serving RSS x 1.25, at least 128 MB; duration billed per 1 ms"},
            "targets": TARGETS, "rows": rows}
-    from hsops.registry.mlflow_registry import Registry
-
     registry = Registry(home)
     runs = {v["version"]: v["run_id"] for v in registry.versions()}
     for row in rows:  # the model is chosen on the dev split; the test split only reports
