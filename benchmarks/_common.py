@@ -35,9 +35,11 @@ load_s = time.perf_counter() - t0
 texts = json.load(sys.stdin)
 p.predict(texts[:8])
 single, raw = [], []
-for t in texts[:500]:
+# different texts for the two loops: a model that caches its last inputs must not be
+# timed on a cache hit
+for t, u in zip(texts[:500], texts[500:1000]):
     s = time.perf_counter(); p.model.predict_proba([t]); raw.append(time.perf_counter() - s)
-    s = time.perf_counter(); p.predict([t]); single.append(time.perf_counter() - s)
+    s = time.perf_counter(); p.predict([u]); single.append(time.perf_counter() - s)
 batches = []
 for start in range(0, min(len(texts), 256 * 8), 256):
     s = time.perf_counter(); p.predict(texts[start:start + 256]); batches.append(time.perf_counter() - s)

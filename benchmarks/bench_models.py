@@ -144,7 +144,7 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true",
                         help="keep the rows already measured on this dataset version (models*.partial.json)")
     parser.add_argument("--reprobe", action="store_true",
-                        help="measure serving again for every row kept by --resume")
+                        help="measure serving again for the rows of --kinds kept by --resume")
     parser.add_argument("--partial-name", default="", help="suffix of this run's partial results file")
     args = parser.parse_args()
 
@@ -178,7 +178,7 @@ def main() -> None:
     rows = list(done.values())
     if args.reprobe:  # serving measured again, one model at a time on a quiet machine
         artifacts = {v["version"]: home / v["artifact"] for v in Registry(home).versions()}
-        for row in rows:
+        for row in (r for r in rows if r["kind"] in kinds):
             row["serving"] = serving_probe(artifacts[str(row["version"])], test_texts)
             row["cost_per_million_usd"] = cost_per_million(row["serving"])
         save_partial(dataset.version, done, args.partial_name)
