@@ -60,6 +60,14 @@ class Classifier(ABC):
     def load(cls, directory: Path) -> "Classifier": ...
 
 
+def softmax(scores: np.ndarray) -> np.ndarray:
+    """Row-wise softmax (a new array; ``scores`` is left as it was)."""
+    scores = scores - scores.max(axis=1, keepdims=True)
+    np.exp(scores, out=scores)
+    scores /= scores.sum(axis=1, keepdims=True)
+    return scores
+
+
 def check_training_input(texts: list[str], labels: list[str]) -> None:
     if len(texts) != len(labels):
         raise ValueError(f"{len(texts)} texts but {len(labels)} labels")

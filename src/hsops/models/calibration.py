@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from hsops.models.artifact import ArtifactError
+from hsops.models.base import softmax
 
 CALIBRATION_FILE = "calibration.json"
 
@@ -66,10 +67,7 @@ class Calibration:
         return confidence < self.threshold or self.threshold >= 1.0
 
     def apply(self, proba: np.ndarray) -> np.ndarray:
-        logits = np.log(np.clip(proba, 1e-12, 1.0)) / self.temperature
-        logits -= logits.max(axis=1, keepdims=True)
-        out = np.exp(logits)
-        return out / out.sum(axis=1, keepdims=True)
+        return softmax(np.log(np.clip(proba, 1e-12, 1.0)) / self.temperature)
 
     def answered(self, confidence: np.ndarray) -> np.ndarray:
         """Vectorised ``not abstains``: the rows the model answers."""

@@ -28,18 +28,12 @@ from hsops.models.base import (
     check_training_input,
     save_directory,
     saved_params,
+    softmax,
     write_model_json,
 )
 from hsops.models.text_features import TfidfFeaturizer
 
 WEIGHTS_FILE = "linear_weights.npz"
-
-
-def softmax(scores: np.ndarray) -> np.ndarray:
-    scores = scores - scores.max(axis=1, keepdims=True)
-    np.exp(scores, out=scores)
-    scores /= scores.sum(axis=1, keepdims=True)
-    return scores
 
 
 class _TopKSoftmax:
@@ -64,7 +58,7 @@ class _TopKSoftmax:
     def gradient(self, scores: np.ndarray, yb: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
         """The loss, and d loss / d score on each row's candidate classes."""
         rows = np.arange(len(yb))
-        probs = softmax(scores)  # in place: the ranking of classes is unchanged
+        probs = softmax(scores)
         loss = float(-np.log(probs[rows, yb] + 1e-12).mean())
         candidates = np.argpartition(-probs, self.k - 1, axis=1)[:, : self.k]
         has_true = (candidates == yb[:, None]).any(axis=1)

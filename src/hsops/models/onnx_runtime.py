@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from hsops.models.base import NotFittedError, read_model_json
+from hsops.models.base import NotFittedError, read_model_json, softmax
 from hsops.models.encoder import TextEncoder
 
 RUN_BATCH = 256
@@ -40,7 +40,6 @@ class OnnxTextClassifier:
         self._session = session
         self._input = spec.get("input", "ids")
         self._output = spec.get("output", "logits")
-        self._min_tokens = int(spec.get("min_tokens", 1))
 
     def __repr__(self) -> str:
         return f"OnnxTextClassifier(kind={self.kind!r}, classes={len(self.classes_)})"
@@ -69,7 +68,7 @@ class OnnxTextClassifier:
     def _check_table_size(self) -> None:
         """The encoder's largest id must exist in the network's embedding table: a
         mismatch would otherwise surface as an out-of-bounds error on some request."""
-        largest = np.full((1, max(self._min_tokens, 1), self.encoder.width), self.encoder.n_ids - 1,
+        largest = np.full((1, 1, self.encoder.width), self.encoder.n_ids - 1,
                           dtype=np.int64)
         try:
             self._session.run([self._output], {self._input: largest})
@@ -79,12 +78,9 @@ class OnnxTextClassifier:
     def logits(self, texts: list[str]) -> np.ndarray:
         out = []
         for start in range(0, len(texts), RUN_BATCH):
-            ids = self.encoder.encode(texts[start : start + RUN_BATCH], self._min_tokens)
+            ids = self.encoder.encode(texts[start : start + RUN_BATCH])
             out.append(self._session.run([self._output], {self._input: ids})[0])
         return np.concatenate(out) if out else np.zeros((0, len(self.classes_)), dtype=np.float32)
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
-        logits = self.logits(list(texts)).astype(np.float64)
-        logits -= logits.max(axis=1, keepdims=True)
-        np.exp(logits, out=logits)
-        return logits / logits.sum(axis=1, keepdims=True)
+        return softmax(self.logits(list(texts)).astype(np.float64))

@@ -33,6 +33,7 @@ from hsops.models.base import (
     check_training_input,
     save_directory,
     saved_params,
+    softmax,
     write_model_json,
 )
 from hsops.models.encoder import TextEncoder
@@ -84,7 +85,6 @@ class NeuralTextClassifier(Classifier):
     builds its ``nn.Module``."""
 
     kind = "abstract-neural"
-    min_tokens = 1  # a subclass whose module needs a longer input (convolutions) raises it
 
     embedding_dim: int = 128
     max_tokens: int = 32
@@ -147,7 +147,7 @@ class NeuralTextClassifier(Classifier):
         self.classes_ = np.array(sorted(set(labels)))
         index = {c: i for i, c in enumerate(self.classes_)}
         self.encoder_ = self._encoder().fit(texts)
-        x = torch.from_numpy(self.encoder_.encode(texts, self.min_tokens))
+        x = torch.from_numpy(self.encoder_.encode(texts))
         y = torch.tensor([index[label] for label in labels], dtype=torch.long)
         eval_texts = list(eval_set[0]) if eval_set is not None else []
         eval_y = np.asarray(eval_set[1]) if eval_texts else None
@@ -161,7 +161,7 @@ class NeuralTextClassifier(Classifier):
             self.module_.train()
             total = 0.0
             for rows in torch.randperm(len(y), generator=order_rng).split(self.batch_size):
-                batch = _trim(x[rows], self.min_tokens)
+                batch = _trim(x[rows])
                 for optimiser in optimisers:
                     optimiser.zero_grad()
                 loss = loss_fn(self.module_(batch), y[rows])
@@ -196,15 +196,12 @@ class NeuralTextClassifier(Classifier):
         out = []
         with torch.no_grad():
             for start in range(0, len(texts), PREDICT_BATCH):
-                ids = self.encoder_.encode(texts[start : start + PREDICT_BATCH], self.min_tokens)
+                ids = self.encoder_.encode(texts[start : start + PREDICT_BATCH])
                 out.append(self.module_(torch.from_numpy(ids)).numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.classes_)), dtype=np.float32)
 
     def predict_proba(self, texts) -> np.ndarray:
-        logits = self._logits(list(texts)).astype(np.float64)
-        logits -= logits.max(axis=1, keepdims=True)
-        np.exp(logits, out=logits)
-        return logits / logits.sum(axis=1, keepdims=True)
+        return softmax(self._logits(list(texts)).astype(np.float64))
 
     # -- files -----------------------------------------------------------------------------
     def save(self, directory: Path) -> None:
@@ -215,13 +212,12 @@ class NeuralTextClassifier(Classifier):
         self._export_onnx(directory / ONNX_FILE)
         params = json_safe(self.get_params())
         write_model_json(directory, self.kind, params, self.classes_, runtime="onnx",
-                         onnx={"file": ONNX_FILE, "input": "ids", "output": "logits",
-                               "min_tokens": self.min_tokens},
+                         onnx={"file": ONNX_FILE, "input": "ids", "output": "logits"},
                          history=getattr(self, "history_", []))
 
     def _export_onnx(self, path: Path) -> None:
         self.module_.eval()
-        example = torch.from_numpy(self.encoder_.encode(["plastic cups 70 ctns"], self.min_tokens))
+        example = torch.from_numpy(self.encoder_.encode(["plastic cups 70 ctns"]))
         buffer = io.BytesIO()
         with warnings.catch_warnings():  # the exporter's notes on tracing; parity is tested
             warnings.simplefilter("ignore")
@@ -260,10 +256,10 @@ def _optimisers(module: nn.Module, learning_rate: float, weight_decay: float) ->
     return optimisers
 
 
-def _trim(ids: torch.Tensor, min_tokens: int) -> torch.Tensor:
+def _trim(ids: torch.Tensor) -> torch.Tensor:
     """Drop trailing all-padding token columns of a batch (faster; results unchanged)."""
     used = (ids > 0).any(dim=2).any(dim=0).nonzero()
-    length = max(int(used.max()) + 1 if len(used) else 1, min_tokens)
+    length = int(used.max()) + 1 if len(used) else 1
     return ids[:, :length]
 
 
