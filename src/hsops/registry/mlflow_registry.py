@@ -39,10 +39,13 @@ class Registry:
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
         self._mlflow = mlflow
-        self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-        experiment = self.client.get_experiment_by_name(EXPERIMENT)
-        self.experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(
-            EXPERIMENT, artifact_location=(self.home / "mlruns").as_uri())
+        # MLflow creates and migrates its database on first use, and two processes doing
+        # that at once (two pipeline workers) collide ("duplicate column name"): one at a time
+        with file_lock(self.home / "registry" / ".init.lock"):
+            self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+            experiment = self.client.get_experiment_by_name(EXPERIMENT)
+            self.experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(
+                EXPERIMENT, artifact_location=(self.home / "mlruns").as_uri())
 
     # -- writing -------------------------------------------------------------------------
     def register(self, result, *, name: str = DEFAULT_MODEL, alias: str | None = None,

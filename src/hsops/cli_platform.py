@@ -1,0 +1,311 @@
+"""``hsops up`` and ``hsops pipeline run|status|list|triggers|dead-letters``.
+
+``pipeline run`` drives its run in the foreground (its own worker processes), so it
+works with or without ``hsops up``; a run it leaves behind (Ctrl-C, ``kill -9``) stays
+RUNNING and the next ``hsops up`` resumes it from its last finished step.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from hsops._cli_common import _emit_json, _fail, console, err
+from hsops._config import hsops_home
+
+pipeline_app = typer.Typer(no_args_is_help=True,
+                           help="Lifecycle pipeline runs: ingest, validate, train, evaluate, gate, register, deploy.")
+
+
+# -- hsops up -------------------------------------------------------------------------------
+def up(host: str = typer.Option("127.0.0.1", help="address of the HTTP API"),
+       port: int = typer.Option(8000, min=1, max=65535),
+       workers: int = typer.Option(2, min=1, max=64, help="most worker processes at once"),
+       idle_timeout: float = typer.Option(60.0, min=0.1, help="seconds an idle worker waits before exiting"),
+       max_runs: int = typer.Option(2, min=1, max=32, help="pipeline runs driven at once")):
+    """Start the local platform: API server, inbox watcher, workers, scheduler. Ctrl-C stops it.
+
+    Drop a labelled CSV into HSOPS_HOME/inbox/ and a run trains, evaluates, and deploys a
+    challenger if it beats the champion. Runs left unfinished by an earlier stop resume."""
+    from hsops.platform.local.platform import LocalPlatform
+
+    home = hsops_home()
+    platform = LocalPlatform(home, host=host, port=port, max_workers=workers, idle_timeout=idle_timeout,
+                             max_runs=max_runs)
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    platform.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not platform.api_started and time.monotonic() < deadline:
+            if not platform._server_thread.is_alive():
+                _fail(f"the API server could not start on {host}:{port} (is the port in use?)")
+            time.sleep(0.05)
+        resumable = [e.name for e in platform.backend.state_machines.list(status="RUNNING")]
+        console.print(f"[bold]hsops platform up[/] — API http://{host}:{port}  (docs /docs)")
+        console.print(f"  inbox: drop labelled files into {home / 'inbox'}")
+        console.print(f"  workers: up to {workers}, idle exit after {idle_timeout:g} s; Ctrl-C to stop")
+        if resumable:
+            console.print(f"  resuming {len(resumable)} unfinished run(s): {', '.join(resumable)}")
+        _follow_runs(platform.backend.state_machines, stopping)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        console.print("stopping: runs in progress stay RUNNING and resume at the next `hsops up`")
+        platform.stop()
+
+
+def _follow_runs(machines, stopping: threading.Event) -> None:
+    """Print each run's status changes until stopped."""
+    seen: dict[str, str] = {e.id: e.status for e in machines.list(limit=200)}
+    while not stopping.wait(1.0):
+        for execution in reversed(machines.list(limit=50)):
+            if seen.get(execution.id) == execution.status:
+                continue
+            seen[execution.id] = execution.status
+            console.print(f"{time.strftime('%H:%M:%S')} run {execution.name}: {_status_line(execution)}")
+
+
+def _status_line(execution) -> str:
+    if execution.status == "SUCCEEDED" and isinstance(execution.output, dict):
+        out = execution.output
+        if out.get("outcome") == "deployed":
+            return f"[green]SUCCEEDED[/] — hs-classifier@{out.get('version')} is now {out.get('alias')}"
+        return f"[green]SUCCEEDED[/] — {out.get('outcome')}: {out.get('reason', '')}"
+    if execution.status == "FAILED":
+        return f"[red]FAILED[/] — {execution.error}: {execution.cause}"
+    return execution.status
+
+
+# -- hsops pipeline run ------------------------------------------------------------------------
+@pipeline_app.command("run")
+def run(data: Optional[Path] = typer.Option(None, help="labelled file to run the pipeline on"),
+        dataset: Optional[str] = typer.Option(None, help="an ingested dataset version (or 'latest') instead"),
+        text_column: Optional[str] = typer.Option(None), label_column: Optional[str] = typer.Option(None),
+        candidate: list[str] = typer.Option([], help="model kind to train (repeatable; default from "
+                                                     "HSOPS_HOME/pipeline.json or linear+svc)"),
+        policy: list[str] = typer.Option([], help="gate policy KEY=VALUE, e.g. max_cost_per_million_usd=2"),
+        workers: int = typer.Option(2, min=1, max=64),
+        detach: bool = typer.Option(False, help="only queue the run; `hsops up` drives it"),
+        as_json: bool = typer.Option(False, "--json")):
+    """Run the lifecycle pipeline on a file (or dataset version) and show its history."""
+    from hsops.models.base import model_kinds
+    from hsops.platform.local.backend import LocalBackend
+    from hsops.platform.local.state_machines import LIFECYCLE
+    from hsops.platform.local.triggers import pipeline_input
+
+    if (data is None) == (dataset is None):
+        _fail("give exactly one of --data FILE or --dataset VERSION")
+    if data is not None and not data.is_file():
+        _fail(f"{data}: no such file")
+    unknown = [k for k in candidate if k not in model_kinds()]
+    if unknown:
+        _fail(f"unknown model kind(s) {unknown}; known: {sorted(model_kinds())}")
+    policies = _parse_policy(policy)
+    home = hsops_home()
+    backend = LocalBackend(home, max_workers=workers)
+    try:
+        try:
+            if data is not None:
+                from hsops._hashing import sha256_file
+                from hsops.platform.local.triggers import _safe_name
+
+                sha = sha256_file(data)
+                key = f"uploads/{sha[:12]}-{_safe_name(data.name)}"
+                backend.objects.put(key, data)
+                source = {"object_key": key, "text_column": text_column, "label_column": label_column}
+            else:
+                source = {"dataset_version": dataset}
+            run_input = pipeline_input(home, source, candidates=[{"kind": k} for k in candidate] or None,
+                                       policy=policies, trigger={"type": "cli"})
+        except ValueError as exc:
+            _fail(str(exc))
+        name = f"cli-{uuid.uuid4().hex[:16]}"
+        machines = backend.state_machines
+        execution = machines.start(LIFECYCLE, run_input, name=name, owner_pid=None if detach else os.getpid())
+        if detach:
+            _emit_json({"name": name, "status": execution.status}) if as_json else console.print(
+                f"queued run {name}; `hsops up` drives it (follow with `hsops pipeline status {name}`)")
+            return
+        backend.start()
+        result = _drive(machines, execution.id, quiet=as_json)
+    finally:
+        backend.close()
+    _report(result["history"], result["execution"], as_json)
+    if result["execution"].status != "SUCCEEDED":
+        raise typer.Exit(1)
+
+
+def _parse_policy(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        try:
+            out[key] = float(value)
+        except ValueError:
+            _fail(f"--policy takes KEY=NUMBER, got {pair!r}")
+        if not sep:
+            _fail(f"--policy takes KEY=NUMBER, got {pair!r}")
+    return out
+
+
+def _drive(machines, execution_id: str, *, quiet: bool) -> dict:
+    """Run the execution in a thread; show its states as they finish; Ctrl-C leaves it resumable."""
+    from hsops.platform.local.asl import Stopped
+
+    outcome: dict = {}
+
+    def work():
+        try:
+            outcome["execution"] = machines.run(execution_id)
+        except Stopped:
+            outcome["stopped"] = True
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            outcome["crash"] = exc
+
+    thread = threading.Thread(target=work, name="hsops-run", daemon=True)
+    thread.start()
+    shown = 0
+    try:
+        while thread.is_alive():
+            thread.join(0.5)
+            history = machines.history(execution_id)
+            finished = [h for h in history if h["status"] != "running"]
+            if not quiet:
+                for h in finished[shown:]:
+                    mark = "[green]ok[/]" if h["status"] == "succeeded" else f"[red]{h['status']}[/]"
+                    err.print(f"  {h['state']:<20} {mark} {h['duration_ms'] or 0:>10.0f} ms "
+                              + (f"{h['error']}: {(h['cause'] or '')[:120]}" if h["error"] else ""))
+            shown = len(finished)
+    except KeyboardInterrupt:
+        machines.stop()
+        thread.join(15)
+        _fail(f"interrupted: run {execution_id} stays RUNNING; `hsops up` resumes it", code=130)
+    if "crash" in outcome:
+        raise outcome["crash"]
+    return {"execution": outcome["execution"], "history": machines.history(execution_id)}
+
+
+def _report(history: list[dict], execution, as_json: bool) -> None:
+    from hsops.platform.local.pipeline_api import execution_summary
+
+    if as_json:
+        _emit_json({**execution_summary(execution), "input": execution.input, "output": execution.output,
+                    "history": history})
+        return
+    console.print(history_table(execution.name, history))
+    console.print(f"run {execution.name}: {_status_line(execution)}  (cost ${execution.cost_usd:.6f})")
+
+
+def history_table(name: str, history: list[dict]) -> Table:
+    table = Table(title=f"Pipeline run {name}")
+    for col, justify in (("state", "left"), ("type", "left"), ("status", "left"), ("start", "left"),
+                         ("duration", "right"), ("memory", "right"), ("cost (USD)", "right"), ("error", "left")):
+        table.add_column(col, justify=justify, overflow="fold")
+    for h in history:
+        status = h["status"] + (f" (try {h['attempt'] + 1})" if h.get("attempt") else "")
+        memory = f"{h['peak_memory_mb']:.0f} MB" if h.get("peak_memory_mb") else ""
+        table.add_row(h["state"], h["type"], status, (h["started_at"] or "")[11:23],
+                      f"{h['duration_ms'] / 1000:.2f} s" if h["duration_ms"] is not None else "",
+                      memory, f"{h['cost_usd']:.6f}" if h["cost_usd"] else "",
+                      f"{h['error']}: {(h['cause'] or '')[:200]}" if h["error"] else "")
+    return table
+
+
+# -- status, list, triggers, dead letters -------------------------------------------------------
+@pipeline_app.command("status")
+def status(run_name: str = typer.Argument(..., help="run name or id"), as_json: bool = typer.Option(False, "--json")):
+    """One run: its status, output and the history of its states."""
+    from hsops.platform.backend import BackendError
+    from hsops.platform.local.backend import LocalBackend
+
+    backend = LocalBackend(hsops_home())
+    try:
+        execution = backend.state_machines.describe(run_name)
+        history = backend.state_machines.history(execution.id)
+    except BackendError as exc:
+        _fail(str(exc))
+    finally:
+        backend.close()
+    _report(history, execution, as_json)
+
+
+@pipeline_app.command("list")
+def list_runs(limit: int = typer.Option(50, min=1, max=1000), as_json: bool = typer.Option(False, "--json")):
+    """Recent pipeline runs, newest first."""
+    from hsops.platform.local.backend import LocalBackend
+    from hsops.platform.local.pipeline_api import execution_summary
+
+    backend = LocalBackend(hsops_home())
+    try:
+        rows = [execution_summary(e) for e in backend.state_machines.list(limit=limit)]
+    finally:
+        backend.close()
+    if as_json:
+        _emit_json(rows)
+        return
+    if not rows:
+        console.print("no pipeline runs yet: `hsops up` and drop a file into the inbox, or `hsops pipeline run`")
+        return
+    table = Table(title="Pipeline runs")
+    for col in ("name", "status", "trigger", "started", "ended", "cost (USD)", "outcome / error"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        out = r["outcome"] or {}
+        what = (f"{out.get('outcome')} v{out.get('version')} ({out.get('alias')})" if out.get("version")
+                else out.get("outcome") or "") if r["status"] == "SUCCEEDED" else (r["error"] or "")
+        table.add_row(r["name"], r["status"], r["trigger"] or "", (r["started_at"] or "")[:19],
+                      (r["ended_at"] or "")[:19], f"{r['cost_usd']:.6f}", what)
+    console.print(table)
+
+
+@pipeline_app.command("triggers")
+def triggers(limit: int = typer.Option(50, min=1, max=1000), as_json: bool = typer.Option(False, "--json")):
+    """What triggered runs, including duplicates recorded as no-ops."""
+    from hsops.platform.local.backend import LocalBackend
+    from hsops.platform.local.triggers import PipelineTriggers
+
+    backend = LocalBackend(hsops_home())
+    try:
+        rows = PipelineTriggers(backend, backend.home, backend.db).triggers(limit)
+    finally:
+        backend.close()
+    if as_json:
+        _emit_json(rows)
+        return
+    table = Table(title="Pipeline triggers")
+    for col in ("at", "source", "detail", "run", "outcome"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(r["at"], r["source"], ", ".join(f"{k}={v}" for k, v in r["detail"].items()),
+                      r["execution"] or "", r["outcome"])
+    console.print(table)
+
+
+@pipeline_app.command("dead-letters")
+def dead_letters(as_json: bool = typer.Option(False, "--json")):
+    """Trigger messages whose runs kept failing, with the last error (nothing is lost)."""
+    from dataclasses import asdict
+
+    from hsops.platform.local.backend import LocalBackend
+
+    backend = LocalBackend(hsops_home())
+    try:
+        rows = [asdict(d) for d in backend.events.dead_letters()]
+    finally:
+        backend.close()
+    if as_json:
+        _emit_json(rows)
+        return
+    if not rows:
+        console.print("no dead letters")
+    for r in rows:
+        console.print(f"{r['dead_at']} {r['queue']} {r['id']} after {r['receive_count']} deliveries: {r['error']}")

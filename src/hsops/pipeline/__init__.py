@@ -1,0 +1,1 @@
+"""The lifecycle pipeline: the state machine definition and one handler per stage."""

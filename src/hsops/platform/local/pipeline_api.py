@@ -1,0 +1,130 @@
+"""HTTP routes for pipeline runs: ``POST /v1/pipelines`` to request one, ``GET`` to follow.
+
+A request becomes a ``pipeline.requested`` message (the same path a schedule takes), so
+an API-triggered run gets the same at-least-once start, redrive and dead letter as any
+other. The response names the execution before it exists; ``GET /v1/pipelines/{name}``
+answers ``REQUESTED`` until the platform has picked the message up.
+
+No ``from __future__ import annotations``: FastAPI reads the annotations at runtime.
+"""
+
+import re
+import uuid
+from typing import Any, Literal, Optional
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from hsops.platform.backend import Backend, BackendError
+from hsops.serving.app import ApiError, _require_json
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$"
+POLICY_KEYS = {"min_improvement", "max_cost_per_million_usd", "deploy_delay_seconds", "min_rows",
+               "max_quarantine_share", "min_classes", "min_test_rows"}
+
+
+class Candidate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: str = Field(min_length=1, max_length=40)
+    params: dict[str, Any] = Field(default_factory=dict)
+    upsample: bool = False
+
+
+class PipelineRequest(BaseModel):
+    """Exactly one of ``dataset_version`` (``"latest"`` allowed) or ``object_key``."""
+    model_config = ConfigDict(extra="forbid")
+    dataset_version: Optional[str] = Field(None, pattern=r"^(latest|ds-[0-9a-f]{16})$")
+    object_key: Optional[str] = Field(None, min_length=1, max_length=1024)
+    candidates: Optional[list[Candidate]] = Field(None, min_length=1, max_length=8)
+    policy: Optional[dict[str, float]] = None
+    name: Optional[str] = Field(None, pattern=NAME_PATTERN)
+
+    @field_validator("candidates")
+    @classmethod
+    def _known_kinds(cls, value):
+        from hsops.models.base import model_kinds
+
+        known = model_kinds()
+        for candidate in value or []:
+            if candidate.kind not in known:
+                raise ValueError(f"unknown model kind {candidate.kind!r}; known: {sorted(known)}")
+        return value
+
+    @field_validator("policy")
+    @classmethod
+    def _known_policy(cls, value):
+        unknown = sorted(set(value or {}) - POLICY_KEYS)
+        if unknown:
+            raise ValueError(f"unknown policy key(s) {unknown}; known: {sorted(POLICY_KEYS)}")
+        return value
+
+
+class PipelineAccepted(BaseModel):
+    name: str
+    status: Literal["REQUESTED"]
+    message_id: str
+    links: dict[str, str]
+
+
+def pipeline_router(backend: Backend) -> APIRouter:
+    from hsops.platform.local.triggers import PIPELINE_REQUESTED
+
+    router = APIRouter(prefix="/v1/pipelines", tags=["pipelines"])
+    requested: dict[str, str] = {}  # names this server accepted -> message id (until they start)
+
+    @router.post("", status_code=202, response_model=PipelineAccepted, dependencies=[Depends(_require_json)])
+    def request_run(body: PipelineRequest) -> Any:
+        """Request a lifecycle run on a dataset version or an object in the store."""
+        if (body.dataset_version is None) == (body.object_key is None):
+            raise ApiError(422, "invalid_input", "give exactly one of dataset_version or object_key")
+        if body.object_key is not None:
+            try:
+                backend.objects.head(body.object_key)
+            except BackendError as exc:
+                raise ApiError(422, "invalid_input", f"object_key: {exc}") from None
+        name = body.name or f"api-{uuid.uuid4().hex[:16]}"
+        try:
+            backend.state_machines.describe(name)
+            raise ApiError(409, "conflict", f"a pipeline run named {name!r} exists already")
+        except BackendError:
+            pass
+        source = ({"dataset_version": body.dataset_version} if body.dataset_version
+                  else {"object_key": body.object_key})
+        message = {"name": name, "source": source,
+                   "candidates": [c.model_dump() for c in body.candidates] if body.candidates else None,
+                   "policy": body.policy}
+        message_id = backend.events.publish(PIPELINE_REQUESTED, message, dedup_key=f"api:{name}")
+        requested[name] = message_id
+        return {"name": name, "status": "REQUESTED", "message_id": message_id,
+                "links": {"status": f"/v1/pipelines/{name}"}}
+
+    @router.get("")
+    def list_runs(limit: int = 50) -> Any:
+        """The most recent runs, newest first."""
+        if not 1 <= limit <= 500:
+            raise ApiError(422, "invalid_input", "limit must be between 1 and 500")
+        return [execution_summary(e) for e in backend.state_machines.list(limit=limit)]
+
+    @router.get("/{name}")
+    def run_status(name: str) -> Any:
+        """One run with its state history (state, start, end, duration, cost, error)."""
+        if not re.match(NAME_PATTERN, name) and not re.match(r"^[0-9a-f]{32}$", name):
+            raise ApiError(404, "not_found", f"no pipeline run {name!r}")
+        try:
+            execution = backend.state_machines.describe(name)
+        except BackendError:
+            if name in requested:
+                return {"name": name, "status": "REQUESTED", "message_id": requested[name]}
+            raise ApiError(404, "not_found", f"no pipeline run {name!r}") from None
+        return {**execution_summary(execution), "input": execution.input, "output": execution.output,
+                "history": backend.state_machines.history(execution.id)}
+
+    return router
+
+
+def execution_summary(execution) -> dict:
+    return {"id": execution.id, "name": execution.name, "status": execution.status,
+            "started_at": execution.started_at, "ended_at": execution.ended_at,
+            "cost_usd": round(execution.cost_usd, 8), "error": execution.error, "cause": execution.cause,
+            "trigger": (execution.input or {}).get("trigger", {}).get("type"),
+            "outcome": execution.output if isinstance(execution.output, dict) else None}
