@@ -8,6 +8,7 @@ RUNNING and the next ``hsops up`` resumes it from its last finished step.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 import time
@@ -23,6 +24,8 @@ from hsops._config import hsops_home
 
 pipeline_app = typer.Typer(no_args_is_help=True,
                            help="Lifecycle pipeline runs: ingest, validate, train, evaluate, gate, register, deploy.")
+schedule_app = typer.Typer(no_args_is_help=True, help="Scheduled pipeline runs (rate or cron, UTC).")
+pipeline_app.add_typer(schedule_app, name="schedule")
 
 
 # -- hsops up -------------------------------------------------------------------------------
@@ -182,7 +185,7 @@ def _drive(machines, execution_id: str, *, quiet: bool) -> dict:
             if not quiet:
                 for h in finished[shown:]:
                     mark = "[green]ok[/]" if h["status"] == "succeeded" else f"[red]{h['status']}[/]"
-                    err.print(f"  {h['state']:<20} {mark} {h['duration_ms'] or 0:>10.0f} ms "
+                    err.print(f"  {step_label(h):<24} {mark} {h['duration_ms'] or 0:>10.0f} ms "
                               + (f"{h['error']}: {(h['cause'] or '')[:120]}" if h["error"] else ""))
             shown = len(finished)
     except KeyboardInterrupt:
@@ -205,6 +208,14 @@ def _report(history: list[dict], execution, as_json: bool) -> None:
     console.print(f"run {execution.name}: {_status_line(execution)}  (cost ${execution.cost_usd:.6f})")
 
 
+def step_label(step: dict) -> str:
+    """The state's name, indented by nesting, with the Map item it ran for: ``  Train [1]``."""
+    parts = step["key"].split("/")
+    items = [p[1:-1] for p in parts if p.startswith("[")]
+    depth = sum(1 for p in parts if p.startswith(("[", "{")))
+    return "  " * depth + step["state"] + (f" [{items[-1]}]" if items else "")
+
+
 def history_table(name: str, history: list[dict]) -> Table:
     table = Table(title=f"Pipeline run {name}")
     for col, justify in (("state", "left"), ("type", "left"), ("status", "left"), ("start", "left"),
@@ -213,9 +224,9 @@ def history_table(name: str, history: list[dict]) -> Table:
     for h in history:
         status = h["status"] + (f" (try {h['attempt'] + 1})" if h.get("attempt") else "")
         memory = f"{h['peak_memory_mb']:.0f} MB" if h.get("peak_memory_mb") else ""
-        table.add_row(h["state"], h["type"], status, (h["started_at"] or "")[11:23],
+        table.add_row(step_label(h), h["type"], status, (h["started_at"] or "")[11:23],
                       f"{h['duration_ms'] / 1000:.2f} s" if h["duration_ms"] is not None else "",
-                      memory, f"{h['cost_usd']:.6f}" if h["cost_usd"] else "",
+                      memory, f"{h['cost_usd']:.8f}" if h["cost_usd"] else "",
                       f"{h['error']}: {(h['cause'] or '')[:200]}" if h["error"] else "")
     return table
 
@@ -309,3 +320,69 @@ def dead_letters(as_json: bool = typer.Option(False, "--json")):
         console.print("no dead letters")
     for r in rows:
         console.print(f"{r['dead_at']} {r['queue']} {r['id']} after {r['receive_count']} deliveries: {r['error']}")
+
+
+# -- schedules ------------------------------------------------------------------------------------
+@schedule_app.command("add")
+def schedule_add(name: str = typer.Argument(..., help="a name for the schedule"),
+                 expression: str = typer.Argument(..., help="rate(1 day), rate(6 hours) or cron(0 3 * * ? *) in UTC"),
+                 dataset: str = typer.Option("latest", help="dataset version to retrain on"),
+                 candidate: list[str] = typer.Option([], help="model kind (repeatable; default from pipeline.json)")):
+    """Run the pipeline on a schedule while `hsops up` runs (a missed period is not replayed)."""
+    from hsops.models.base import model_kinds
+    from hsops.platform.local.backend import LocalBackend
+    from hsops.platform.local.triggers import PIPELINE_REQUESTED
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", name):
+        _fail(f"schedule name {name!r}: letters, digits, '-' and '_' only, at most 64")
+    unknown = [k for k in candidate if k not in model_kinds()]
+    if unknown:
+        _fail(f"unknown model kind(s) {unknown}; known: {sorted(model_kinds())}")
+    backend = LocalBackend(hsops_home())
+    try:
+        schedule = backend.scheduler.put(name, expression, PIPELINE_REQUESTED, {
+            "source": {"dataset_version": dataset}, "candidates": [{"kind": k} for k in candidate] or None})
+    except ValueError as exc:
+        _fail(str(exc))
+    finally:
+        backend.close()
+    console.print(f"schedule {name}: {expression}, next run {schedule.next_fire}")
+
+
+@schedule_app.command("list")
+def schedule_list(as_json: bool = typer.Option(False, "--json")):
+    """Schedules with their next and last run."""
+    from dataclasses import asdict
+
+    from hsops.platform.local.backend import LocalBackend
+
+    backend = LocalBackend(hsops_home())
+    try:
+        rows = [asdict(s) for s in backend.scheduler.list()]
+    finally:
+        backend.close()
+    if as_json:
+        _emit_json(rows)
+        return
+    table = Table(title="Pipeline schedules")
+    for col in ("name", "expression", "next", "last", "dataset"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["name"], r["expression"], r["next_fire"] or "", r["last_fired"] or "",
+                      str((r["body"].get("source") or {}).get("dataset_version", "")))
+    console.print(table)
+
+
+@schedule_app.command("remove")
+def schedule_remove(name: str = typer.Argument(...)):
+    """Delete a schedule."""
+    from hsops.platform.local.backend import LocalBackend
+
+    backend = LocalBackend(hsops_home())
+    try:
+        removed = backend.scheduler.delete(name)
+    finally:
+        backend.close()
+    if not removed:
+        _fail(f"no schedule named {name!r}")
+    console.print(f"removed schedule {name}")

@@ -224,3 +224,31 @@ def test_kill_9_of_the_platform_resumes_where_it_stopped(hsops_home, tmp_path):
     leftovers = subprocess.run(["pgrep", "-f", f"hsops.platform.local.worker.*{hsops_home}"],
                                capture_output=True, text=True).stdout.split()
     assert leftovers == [] or shutil.which("pgrep") is None
+
+
+def test_a_monitoring_event_and_a_schedule_each_start_a_run(platform, hsops_home):
+    """retrain.requested (what a drift alert emits) and a due schedule both run the pipeline
+    on the latest dataset; the second model is the first one again, so the gate rejects it."""
+    from datetime import datetime, timedelta, timezone
+
+    from hsops.data.ingest import ingest_file
+    from hsops.platform.local.triggers import RETRAIN_REQUESTED
+
+    ingest_file(write_csv(hsops_home / "seed.csv", sample_rows()), hsops_home)
+    backend, machines = platform.backend, platform.backend.state_machines
+    backend.events.publish(RETRAIN_REQUESTED, {"name": "retrain-drift", "alert": {"metric": "psi", "value": 0.4}})
+    first = wait_for(finished(machines, "retrain-drift"), what="the retrain run")
+    assert first.status == "SUCCEEDED" and first.output["alias"] == "champion"
+    assert first.input["trigger"] == {"type": "monitoring", "alert": {"metric": "psi", "value": 0.4},
+                                      "message_id": first.input["trigger"]["message_id"]}
+
+    backend.scheduler.put("nightly", "rate(1 day)", PIPELINE_REQUESTED, {"source": {"dataset_version": "latest"}})
+    fired = backend.scheduler.fire_due(datetime.now(timezone.utc) + timedelta(days=1, minutes=1))
+    assert fired == ["nightly"]
+    scheduled = wait_for(lambda: [e for e in machines.list() if e.name.startswith("schedule-nightly-")],
+                         what="the scheduled run")[0]
+    second = wait_for(finished(machines, scheduled.id), what="the scheduled run to finish")
+    assert second.status == "SUCCEEDED"
+    assert second.output["outcome"] == "rejected" and "own artifact" in second.output["reason"]
+    assert list(registry(hsops_home)["versions"]) == ["1"], "a rejected model is not registered"
+    assert "Rejected" in [h["state"] for h in machines.history(second.id)]

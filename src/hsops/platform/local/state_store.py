@@ -1,12 +1,5 @@
-"""The local state store: one SQLite file (``HSOPS_HOME/state.db``) in WAL mode.
-
-Why SQLite in WAL mode: the API server, the pipeline workers and the CLI are separate
-processes on one machine; WAL lets them read while one writes, with no server to run.
-
-Why a connection per thread: a ``sqlite3`` connection must not be used by two threads
-at once, and the API logs predictions from FastAPI's thread pool. Each thread opens its
-own connection on first use (``threading.local``); SQLite serialises the writers, and
-``busy_timeout`` makes a writer wait for the lock instead of failing.
+"""The local state store: one SQLite file (``HSOPS_HOME/state.db``) in WAL mode, opened
+the way ``hsops._sqlite`` explains (a connection per thread, explicit transactions).
 
 The schema grows by appending a tuple of statements to ``MIGRATIONS`` (feedback,
 experiments, audit come in later issues): each entry runs once, in order, tracked by
@@ -17,12 +10,11 @@ opening a fresh file do not both migrate it.
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
 from hsops._config import hsops_home
+from hsops._sqlite import SqliteDatabase
 
 STATE_FILE = "state.db"
 
@@ -66,53 +58,24 @@ class StateStore:
         ``state.db``; by default ``hsops_home() / "state.db"``."""
         path = Path(path) if path is not None else hsops_home()
         self.path = path / STATE_FILE if path.is_dir() else path
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.busy_timeout_ms = busy_timeout_ms
-        self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
-        self._all_lock = threading.Lock()
+        self.db = SqliteDatabase(self.path, busy_timeout_ms=busy_timeout_ms)
+        self._conn = self.db.conn
         self._migrate()
 
     def __repr__(self) -> str:
         return f"StateStore({str(self.path)!r})"
 
-    # -- connections -------------------------------------------------------------------
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            # autocommit mode: transactions are explicit (BEGIN IMMEDIATE), never implicit
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            conn.row_factory = sqlite3.Row
-            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")  # durable at checkpoints; safe with WAL
-            conn.execute("PRAGMA foreign_keys = ON")
-            self._local.conn = conn
-            with self._all_lock:
-                self._all.append(conn)
-        return conn
-
     def close(self) -> None:
         """Close every thread's connection (call once, when the process is done with it)."""
-        with self._all_lock:
-            for conn in self._all:
-                conn.close()
-            self._all.clear()
-        self._local = threading.local()
+        self.db.close()
 
     def _migrate(self) -> None:
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self.db.transaction() as conn:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             for number, statements in enumerate(MIGRATIONS[version:], start=version + 1):
                 for statement in statements:
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {number}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     @property
     def schema_version(self) -> int:
@@ -138,20 +101,13 @@ class StateStore:
             ))
         if not values:
             return 0
-        conn = self._conn()
         placeholders = ", ".join("?" * len(_PREDICTION_COLUMNS))
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self.db.transaction() as conn:
             before = conn.total_changes
             conn.executemany(
                 f"INSERT INTO predictions ({', '.join(_PREDICTION_COLUMNS)}) VALUES ({placeholders}) "
                 "ON CONFLICT(request_id) DO NOTHING", values)
-            inserted = conn.total_changes - before
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        return inserted
+            return conn.total_changes - before
 
     def get_prediction(self, request_id: str) -> dict | None:
         row = self._conn().execute("SELECT * FROM predictions WHERE request_id = ?",

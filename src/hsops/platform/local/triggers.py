@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import threading
 import time
 import uuid
@@ -113,8 +114,8 @@ class PipelineTriggers:
                                                       policy=body.get("policy"), trigger={"type": "monitoring",
                                                       "alert": body.get("alert")}), {"alert": body.get("alert")}
         kind = "schedule" if body.get("schedule") else "api"
-        name = body.get("name") or (f"schedule-{body['schedule']}-{body.get('scheduled_time', message.id)}"
-                                    if kind == "schedule" else f"api-{message.id}")
+        due = re.sub(r"[^0-9T]", "", str(body.get("scheduled_time") or message.id))[:15]
+        name = body.get("name") or (f"schedule-{body['schedule']}-{due}" if kind == "schedule" else f"api-{message.id}")
         source = body.get("source") or {"dataset_version": "latest"}
         return kind, name, pipeline_input(self.home, source, candidates=body.get("candidates"),
                                           policy=body.get("policy"), trigger={"type": kind}), {"name": name}
