@@ -151,7 +151,8 @@ def file_drop_to_challenger(corpus: Path, work: Path, candidates: list[dict], ti
 
         backend = LocalBackend(home)
         step = SqliteJournal(backend.db, second.id).get(decision["key"])
-        result = step.output["Payload"] if step and step.output else {}
+        # a step's journaled output is the state's output: the decision sits at its ResultPath
+        result = ((step.output or {}).get("comparison") or {}).get("decision") or {} if step else {}
         compare = {"reason": result.get("reason"), "improvement_points": result.get("improvement_points"),
                    "cost_per_million_usd": result.get("cost_per_million_usd"),
                    "best": {k: result.get("best", {}).get(k) for k in ("kind", "metrics")},

@@ -25,3 +25,7 @@ def invocation_cost_usd(duration_s: float, memory_mb: float) -> float:
     """One invocation: duration billed in whole milliseconds, plus the request."""
     billed_s = math.ceil(max(duration_s, 0.0) * 1000) / 1000
     return billed_s * (memory_mb / 1024) * LAMBDA_GB_SECOND_USD + LAMBDA_REQUEST_USD
+
+# Step Functions standard workflows bill each state transition; a pipeline run's cost is
+# its functions' invocations plus its transitions
+STEP_FUNCTIONS_TRANSITION_USD = 0.025 / 1000

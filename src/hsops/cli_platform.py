@@ -7,6 +7,7 @@ RUNNING and the next ``hsops up`` resumes it from its last finished step.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -26,6 +27,35 @@ pipeline_app = typer.Typer(no_args_is_help=True,
                            help="Lifecycle pipeline runs: ingest, validate, train, evaluate, gate, register, deploy.")
 schedule_app = typer.Typer(no_args_is_help=True, help="Scheduled pipeline runs (rate or cron, UTC).")
 pipeline_app.add_typer(schedule_app, name="schedule")
+
+
+@contextlib.contextmanager
+def _local_backend():
+    """The local backend of HSOPS_HOME for one command, closed afterwards (starts nothing)."""
+    from hsops.platform.local.backend import LocalBackend
+
+    backend = LocalBackend(hsops_home())
+    try:
+        yield backend
+    finally:
+        backend.close()
+
+
+def _check_kinds(kinds: list[str]) -> None:
+    from hsops.models.base import model_kinds
+
+    unknown = [k for k in kinds if k not in model_kinds()]
+    if unknown:
+        _fail(f"unknown model kind(s) {unknown}; known: {sorted(model_kinds())}")
+
+
+def _print_table(title: str, columns: tuple[str, ...], rows: list[list[str]]) -> None:
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
 
 
 # -- hsops up -------------------------------------------------------------------------------
@@ -100,7 +130,6 @@ def run(data: Optional[Path] = typer.Option(None, help="labelled file to run the
         detach: bool = typer.Option(False, help="only queue the run; `hsops up` drives it"),
         as_json: bool = typer.Option(False, "--json")):
     """Run the lifecycle pipeline on a file (or dataset version) and show its history."""
-    from hsops.models.base import model_kinds
     from hsops.platform.local.backend import LocalBackend
     from hsops.platform.local.state_machines import LIFECYCLE
     from hsops.platform.local.triggers import pipeline_input
@@ -109,9 +138,7 @@ def run(data: Optional[Path] = typer.Option(None, help="labelled file to run the
         _fail("give exactly one of --data FILE or --dataset VERSION")
     if data is not None and not data.is_file():
         _fail(f"{data}: no such file")
-    unknown = [k for k in candidate if k not in model_kinds()]
-    if unknown:
-        _fail(f"unknown model kind(s) {unknown}; known: {sorted(model_kinds())}")
+    _check_kinds(candidate)
     policies = _parse_policy(policy)
     home = hsops_home()
     backend = LocalBackend(home, max_workers=workers)
@@ -236,69 +263,53 @@ def history_table(name: str, history: list[dict]) -> Table:
 def status(run_name: str = typer.Argument(..., help="run name or id"), as_json: bool = typer.Option(False, "--json")):
     """One run: its status, output and the history of its states."""
     from hsops.platform.backend import BackendError
-    from hsops.platform.local.backend import LocalBackend
 
-    backend = LocalBackend(hsops_home())
-    try:
-        execution = backend.state_machines.describe(run_name)
-        history = backend.state_machines.history(execution.id)
-    except BackendError as exc:
-        _fail(str(exc))
-    finally:
-        backend.close()
+    with _local_backend() as backend:
+        try:
+            execution = backend.state_machines.describe(run_name)
+            history = backend.state_machines.history(execution.id)
+        except BackendError as exc:
+            _fail(str(exc))
     _report(history, execution, as_json)
 
 
 @pipeline_app.command("list")
 def list_runs(limit: int = typer.Option(50, min=1, max=1000), as_json: bool = typer.Option(False, "--json")):
     """Recent pipeline runs, newest first."""
-    from hsops.platform.local.backend import LocalBackend
     from hsops.platform.local.pipeline_api import execution_summary
 
-    backend = LocalBackend(hsops_home())
-    try:
+    with _local_backend() as backend:
         rows = [execution_summary(e) for e in backend.state_machines.list(limit=limit)]
-    finally:
-        backend.close()
     if as_json:
         _emit_json(rows)
         return
     if not rows:
         console.print("no pipeline runs yet: `hsops up` and drop a file into the inbox, or `hsops pipeline run`")
         return
-    table = Table(title="Pipeline runs")
-    for col in ("name", "status", "trigger", "started", "ended", "cost (USD)", "outcome / error"):
-        table.add_column(col, overflow="fold")
+    table = []
     for r in rows:
         out = r["outcome"] or {}
         what = (f"{out.get('outcome')} v{out.get('version')} ({out.get('alias')})" if out.get("version")
                 else out.get("outcome") or "") if r["status"] == "SUCCEEDED" else (r["error"] or "")
-        table.add_row(r["name"], r["status"], r["trigger"] or "", (r["started_at"] or "")[:19],
-                      (r["ended_at"] or "")[:19], f"{r['cost_usd']:.6f}", what)
-    console.print(table)
+        table.append([r["name"], r["status"], r["trigger"] or "", (r["started_at"] or "")[:19],
+                      (r["ended_at"] or "")[:19], f"{r['cost_usd']:.8f}", what])
+    _print_table("Pipeline runs", ("name", "status", "trigger", "started", "ended", "cost (USD)", "outcome / error"),
+                 table)
 
 
 @pipeline_app.command("triggers")
 def triggers(limit: int = typer.Option(50, min=1, max=1000), as_json: bool = typer.Option(False, "--json")):
     """What triggered runs, including duplicates recorded as no-ops."""
-    from hsops.platform.local.backend import LocalBackend
     from hsops.platform.local.triggers import PipelineTriggers
 
-    backend = LocalBackend(hsops_home())
-    try:
+    with _local_backend() as backend:
         rows = PipelineTriggers(backend, backend.home, backend.db).triggers(limit)
-    finally:
-        backend.close()
     if as_json:
         _emit_json(rows)
         return
-    table = Table(title="Pipeline triggers")
-    for col in ("at", "source", "detail", "run", "outcome"):
-        table.add_column(col, overflow="fold")
-    for r in rows:
-        table.add_row(r["at"], r["source"], ", ".join(f"{k}={v}" for k, v in r["detail"].items()),
-                      r["execution"] or "", r["outcome"])
-    console.print(table)
+    _print_table("Pipeline triggers", ("at", "source", "detail", "run", "outcome"),
+                 [[r["at"], r["source"], ", ".join(f"{k}={v}" for k, v in r["detail"].items()),
+                   r["execution"] or "", r["outcome"]] for r in rows])
 
 
 @pipeline_app.command("dead-letters")
@@ -306,13 +317,8 @@ def dead_letters(as_json: bool = typer.Option(False, "--json")):
     """Trigger messages whose runs kept failing, with the last error (nothing is lost)."""
     from dataclasses import asdict
 
-    from hsops.platform.local.backend import LocalBackend
-
-    backend = LocalBackend(hsops_home())
-    try:
+    with _local_backend() as backend:
         rows = [asdict(d) for d in backend.events.dead_letters()]
-    finally:
-        backend.close()
     if as_json:
         _emit_json(rows)
         return
@@ -329,23 +335,17 @@ def schedule_add(name: str = typer.Argument(..., help="a name for the schedule")
                  dataset: str = typer.Option("latest", help="dataset version to retrain on"),
                  candidate: list[str] = typer.Option([], help="model kind (repeatable; default from pipeline.json)")):
     """Run the pipeline on a schedule while `hsops up` runs (a missed period is not replayed)."""
-    from hsops.models.base import model_kinds
-    from hsops.platform.local.backend import LocalBackend
     from hsops.platform.local.triggers import PIPELINE_REQUESTED
 
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", name):
         _fail(f"schedule name {name!r}: letters, digits, '-' and '_' only, at most 64")
-    unknown = [k for k in candidate if k not in model_kinds()]
-    if unknown:
-        _fail(f"unknown model kind(s) {unknown}; known: {sorted(model_kinds())}")
-    backend = LocalBackend(hsops_home())
-    try:
-        schedule = backend.scheduler.put(name, expression, PIPELINE_REQUESTED, {
-            "source": {"dataset_version": dataset}, "candidates": [{"kind": k} for k in candidate] or None})
-    except ValueError as exc:
-        _fail(str(exc))
-    finally:
-        backend.close()
+    _check_kinds(candidate)
+    with _local_backend() as backend:
+        try:
+            schedule = backend.scheduler.put(name, expression, PIPELINE_REQUESTED, {
+                "source": {"dataset_version": dataset}, "candidates": [{"kind": k} for k in candidate] or None})
+        except ValueError as exc:
+            _fail(str(exc))
     console.print(f"schedule {name}: {expression}, next run {schedule.next_fire}")
 
 
@@ -354,35 +354,21 @@ def schedule_list(as_json: bool = typer.Option(False, "--json")):
     """Schedules with their next and last run."""
     from dataclasses import asdict
 
-    from hsops.platform.local.backend import LocalBackend
-
-    backend = LocalBackend(hsops_home())
-    try:
+    with _local_backend() as backend:
         rows = [asdict(s) for s in backend.scheduler.list()]
-    finally:
-        backend.close()
     if as_json:
         _emit_json(rows)
         return
-    table = Table(title="Pipeline schedules")
-    for col in ("name", "expression", "next", "last", "dataset"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(r["name"], r["expression"], r["next_fire"] or "", r["last_fired"] or "",
-                      str((r["body"].get("source") or {}).get("dataset_version", "")))
-    console.print(table)
+    _print_table("Pipeline schedules", ("name", "expression", "next", "last", "dataset"),
+                 [[r["name"], r["expression"], r["next_fire"] or "", r["last_fired"] or "",
+                   str((r["body"].get("source") or {}).get("dataset_version", ""))] for r in rows])
 
 
 @schedule_app.command("remove")
 def schedule_remove(name: str = typer.Argument(...)):
     """Delete a schedule."""
-    from hsops.platform.local.backend import LocalBackend
-
-    backend = LocalBackend(hsops_home())
-    try:
+    with _local_backend() as backend:
         removed = backend.scheduler.delete(name)
-    finally:
-        backend.close()
     if not removed:
         _fail(f"no schedule named {name!r}")
     console.print(f"removed schedule {name}")

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from tests._samples import sample_rows, write_csv
+from tests._wait import wait_for
 from tests.e2e._cli import run
 
 POLICY = {"min_rows": 20, "min_test_rows": 3, "max_cost_per_million_usd": 100.0}
@@ -26,16 +27,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_for(predicate, timeout=240.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def worker_pids(home) -> list[int]:

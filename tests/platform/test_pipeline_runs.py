@@ -14,28 +14,20 @@ from pathlib import Path
 
 import pytest
 
+from hsops._pricing import STEP_FUNCTIONS_TRANSITION_USD
 from hsops.platform.local.backend import LocalBackend
 from hsops.platform.local.platform import LocalPlatform
 from hsops.platform.local.state_machines import LIFECYCLE
 from hsops.platform.local.triggers import PIPELINE_REQUESTED, pipeline_input
 from hsops.registry.index import read_index
 from tests._samples import sample_rows, write_csv
+from tests._wait import wait_for
 
 POLICY = {"min_rows": 20, "min_test_rows": 3, "max_cost_per_million_usd": 100.0}
 
 
 def configure(home: Path, candidates=({"kind": "linear"},)) -> None:
     (home / "pipeline.json").write_text(json.dumps({"candidates": list(candidates), "policy": POLICY}))
-
-
-def wait_for(predicate, timeout: float = 240.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def finished(machines, name_or_id):
@@ -86,7 +78,8 @@ def test_a_dropped_file_becomes_a_registered_champion(platform, hsops_home):
         assert state in states, f"{state} missing from {states}"
     tasks = [h for h in history if h["type"] == "Task"]
     assert all(h["cost_usd"] > 0 and h["duration_ms"] is not None for h in tasks)
-    assert execution.cost_usd == pytest.approx(sum(h["cost_usd"] for h in history))
+    transitions = len(history) * STEP_FUNCTIONS_TRANSITION_USD
+    assert execution.cost_usd == pytest.approx(sum(h["cost_usd"] for h in history) + transitions)
     assert not list((hsops_home / "inbox").iterdir()), "the inbox is emptied"
 
 
@@ -179,6 +172,13 @@ def test_a_worker_killed_during_training_is_retried_and_the_run_finishes(platfor
     trains = [h for h in machines.history(execution.id) if h["state"] == "Train"]
     assert [h["status"] for h in trains] == ["failed", "succeeded"]
     assert trains[0]["error"] == "Runtime.WorkerLost"
+    # what the killed worker was writing never became an artifact; what is registered verifies
+    from hsops.models.artifact import verify
+
+    artifacts = [p for p in (hsops_home / "artifacts").iterdir() if not p.name.startswith(".")]
+    assert len(artifacts) == 1
+    for version in registry(hsops_home)["versions"].values():
+        verify(hsops_home / version["artifact"])
 
 
 HSOPS = [sys.executable, "-m", "hsops.cli"]

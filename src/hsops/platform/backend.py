@@ -292,5 +292,5 @@ class Backend(abc.ABC):
     scheduler: Scheduler
     state_machines: StateMachines
 
-    def close(self) -> None:  # noqa: B027 - optional
+    def close(self) -> None:
         """Release connections and stop background threads and workers."""

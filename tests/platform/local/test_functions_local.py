@@ -24,6 +24,7 @@ from hsops.platform.backend import BackendError
 from hsops.platform.local.backend import LocalBackend
 from hsops.platform.local.functions import LocalFunctionRuntime
 from hsops.platform.local.worker import Context, process_identity
+from tests._wait import wait_for
 from tests.platform.conformance.conftest import DIAGNOSTIC_FUNCTIONS
 
 TIMEOUT = 30.0
@@ -31,13 +32,7 @@ SRC = str(Path(hsops.__file__).resolve().parents[1])
 
 
 def _until(predicate, timeout: float = TIMEOUT, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
+    return wait_for(predicate, timeout, what, interval=0.02)
 
 
 def _is_worker_of(pid: int, home: Path) -> bool:

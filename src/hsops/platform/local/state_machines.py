@@ -28,10 +28,24 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from hsops._fs import _alive
+from hsops._pricing import STEP_FUNCTIONS_TRANSITION_USD
 from hsops._sqlite import SqliteDatabase
-from hsops.platform.backend import BackendError, Execution, ExecutionExists, FunctionRuntime, StateMachines
-from hsops.platform.local.asl import (ExecutionFailed, Interpreter, SqliteJournal, Stopped, TaskFailed,
-                                      TaskOutcome, validate_definition)
+from hsops.platform.backend import (
+    BackendError,
+    Execution,
+    ExecutionExists,
+    FunctionRuntime,
+    StateMachines,
+)
+from hsops.platform.local.asl import (
+    ExecutionFailed,
+    Interpreter,
+    SqliteJournal,
+    Stopped,
+    TaskFailed,
+    TaskOutcome,
+    validate_definition,
+)
 
 LEASE_SECONDS = 30.0
 LAMBDA_INVOKE = "arn:aws:states:::lambda:invoke"
@@ -131,6 +145,8 @@ class LocalStateMachines(StateMachines):
         return [self._execution(r) for r in rows]
 
     def history(self, execution_id: str) -> list[dict]:
+        """Each step with its function's cost (``cost_usd``); the execution's cost adds
+        one state transition per step (``STEP_FUNCTIONS_TRANSITION_USD``)."""
         execution = self.describe(execution_id)
         out = []
         for step in SqliteJournal(self.db, execution.id).steps():
@@ -146,8 +162,9 @@ class LocalStateMachines(StateMachines):
         return out
 
     def _execution(self, row: dict) -> Execution:
-        cost = self.db.query("SELECT COALESCE(SUM(cost_usd), 0) AS c FROM sm_steps WHERE execution_id = ?",
-                             (row["id"],))[0]["c"]
+        totals = self.db.query("SELECT COALESCE(SUM(cost_usd), 0) AS c, COUNT(*) AS n FROM sm_steps "
+                               "WHERE execution_id = ?", (row["id"],))[0]
+        cost = totals["c"] + totals["n"] * STEP_FUNCTIONS_TRANSITION_USD
         return Execution(id=row["id"], name=row["name"], state_machine=row["state_machine"],
                          status=row["status"], input=json.loads(row["input"]),
                          output=json.loads(row["output"]) if row["output"] else None, error=row["error"],

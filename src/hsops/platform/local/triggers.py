@@ -25,7 +25,8 @@ from pathlib import Path
 
 from hsops._hashing import sha256_file
 from hsops._sqlite import SqliteDatabase
-from hsops.platform.backend import OBJECT_CREATED, Backend, ExecutionExists, Message, ObjectNotFound
+from hsops.platform.backend import (OBJECT_CREATED, Backend, BackendError, ExecutionExists, Message,
+                                   ObjectNotFound)
 from hsops.platform.local.state_machines import LIFECYCLE
 
 log = logging.getLogger("hsops.platform")
@@ -152,15 +153,21 @@ class PipelineTriggers:
         with the run's error so the bus redelivers them, and dead-letters them at the end."""
         for message_id, (message, execution_id) in list(self._tracked.items()):
             execution = self.backend.state_machines.describe(execution_id)
-            if execution.status in ("PENDING", "RUNNING"):
-                self.backend.events.extend(message, VISIBILITY_SECONDS)
-                continue
-            del self._tracked[message_id]
-            if execution.status == "FAILED" and execution.error not in FINAL_ERRORS:
-                self.backend.events.nack(message, f"run {execution.name} failed: {execution.error}: "
-                                                  f"{execution.cause}", delay=1.0)
-            else:
-                self.backend.events.ack(message)
+            try:
+                if execution.status in ("PENDING", "RUNNING"):
+                    self.backend.events.extend(message, VISIBILITY_SECONDS)
+                    continue
+                del self._tracked[message_id]
+                if execution.status == "FAILED" and execution.error not in FINAL_ERRORS:
+                    self.backend.events.nack(message, f"run {execution.name} failed: {execution.error}: "
+                                                      f"{execution.cause}", delay=1.0)
+                else:
+                    self.backend.events.ack(message)
+            except BackendError as exc:
+                # our lease ran out and the message was delivered again (to us or another
+                # platform): that delivery now follows the run; this one lets go
+                self._tracked.pop(message_id, None)
+                log.info("trigger %s: %s", message_id, exc)
 
 
 class InboxWatcher:
