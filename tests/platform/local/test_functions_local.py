@@ -277,3 +277,17 @@ def test_context_fields(tmp_path):
     assert context.backend is backend  # built once
     assert "functions" not in backend.__dict__  # nothing started
     backend.close()
+
+
+def test_old_worker_logs_are_pruned_but_live_ones_kept(tmp_path, monkeypatch):
+    from hsops.platform.local import functions
+
+    monkeypatch.setattr(functions, "KEEP_WORKER_LOGS", 3)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    for i, name in enumerate(["101", "102", "103", "104", "105", "spawning-x"]):
+        path = logs / f"{name}.log"
+        path.write_text(name)
+        os.utime(path, (1000 + i, 1000 + i))
+    functions._prune_logs(logs, live={101})
+    assert sorted(p.stem for p in logs.glob("*.log")) == ["101", "104", "105", "spawning-x"]

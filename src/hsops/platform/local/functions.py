@@ -380,6 +380,7 @@ class LocalFunctionRuntime(FunctionRuntime):
     def _spawn(self, conn) -> None:
         logs = self._log_dir()
         logs.mkdir(parents=True, exist_ok=True)
+        _prune_logs(logs, {r[0] for r in conn.execute("SELECT pid FROM fn_workers")})
         env = dict(os.environ, HSOPS_HOME=str(self.home), PYTHONUNBUFFERED="1")
         src = Path(hsops.__file__).resolve().parents[1]
         if src.name not in ("site-packages", "dist-packages"):  # a checkout: make sure the worker finds it
@@ -402,3 +403,20 @@ class LocalFunctionRuntime(FunctionRuntime):
         conn.execute("INSERT OR REPLACE INTO fn_workers (pid, ident, supervisor, supervisor_beat, state,"
                      " spawned_at) VALUES (?, ?, ?, ?, 'starting', ?)",
                      (proc.pid, ident, self._token, spawned_at, spawned_at))
+
+
+KEEP_WORKER_LOGS = 200  # the newest logs of exited workers kept for post-mortems
+
+
+def _prune_logs(logs: Path, live: set[int]) -> None:
+    """Remove the logs of exited workers beyond the newest ``KEEP_WORKER_LOGS``: one file
+    per spawned worker would otherwise grow without bound on a long-running platform."""
+    entries = []
+    for path in logs.glob("*.log"):
+        try:
+            entries.append((path.stat().st_mtime, path))
+        except FileNotFoundError:
+            continue
+    for _, path in sorted(entries, reverse=True)[KEEP_WORKER_LOGS:]:
+        if not (path.stem.isdigit() and int(path.stem) in live):
+            path.unlink(missing_ok=True)
