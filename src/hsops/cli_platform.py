@@ -63,7 +63,9 @@ def up(host: str = typer.Option("127.0.0.1", help="address of the HTTP API"),
        port: int = typer.Option(8000, min=1, max=65535),
        workers: int = typer.Option(2, min=1, max=64, help="most worker processes at once"),
        idle_timeout: float = typer.Option(60.0, min=0.1, help="seconds an idle worker waits before exiting"),
-       max_runs: int = typer.Option(2, min=1, max=32, help="pipeline runs driven at once")):
+       max_runs: int = typer.Option(2, min=1, max=32, help="pipeline runs driven at once"),
+       inbox_settle: float = typer.Option(2.0, min=0.1, max=3600, help="seconds a file in the inbox must stay "
+                                          "unchanged (and closed) before it is taken")):
     """Start the local platform: API server, inbox watcher, workers, scheduler. Ctrl-C stops it.
 
     Drop a labelled CSV into HSOPS_HOME/inbox/ and a run trains, evaluates, and deploys a
@@ -72,9 +74,17 @@ def up(host: str = typer.Option("127.0.0.1", help="address of the HTTP API"),
 
     home = hsops_home()
     platform = LocalPlatform(home, host=host, port=port, max_workers=workers, idle_timeout=idle_timeout,
-                             max_runs=max_runs)
+                             max_runs=max_runs, inbox_settle=inbox_settle)
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    machines = platform.backend.state_machines
+    resumable = [e.name for e in machines.list(status="RUNNING")] + [e.name for e in machines.list(status="PENDING")]
+    seen = {e.id: e.status for e in machines.list(limit=200)}
+    other = _another_platform(home)
+    if other:
+        err.print(f"[yellow]warning:[/] another `hsops up` (pid {other}) uses this HSOPS_HOME; they share the "
+                  "work (runs are claimed once), but two inbox watchers and schedulers run")
+    _write_pid(home)
     platform.start()
     try:
         deadline = time.monotonic() + 10
@@ -82,29 +92,51 @@ def up(host: str = typer.Option("127.0.0.1", help="address of the HTTP API"),
             if not platform._server_thread.is_alive():
                 _fail(f"the API server could not start on {host}:{port} (is the port in use?)")
             time.sleep(0.05)
-        resumable = [e.name for e in platform.backend.state_machines.list(status="RUNNING")]
         console.print(f"[bold]hsops platform up[/] — API http://{host}:{port}  (docs /docs)")
         console.print(f"  inbox: drop labelled files into {home / 'inbox'}")
         console.print(f"  workers: up to {workers}, idle exit after {idle_timeout:g} s; Ctrl-C to stop")
         if resumable:
             console.print(f"  resuming {len(resumable)} unfinished run(s): {', '.join(resumable)}")
-        _follow_runs(platform.backend.state_machines, stopping)
+        _follow_runs(platform, seen, stopping)
     except KeyboardInterrupt:
         pass
     finally:
         console.print("stopping: runs in progress stay RUNNING and resume at the next `hsops up`")
         platform.stop()
+        (home / "platform.pid").unlink(missing_ok=True)
 
 
-def _follow_runs(machines, stopping: threading.Event) -> None:
-    """Print each run's status changes until stopped."""
-    seen: dict[str, str] = {e.id: e.status for e in machines.list(limit=200)}
+def _another_platform(home: Path) -> int | None:
+    from hsops._fs import _alive
+
+    try:
+        pid = int((home / "platform.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if pid != os.getpid() and _alive(pid) else None
+
+
+def _write_pid(home: Path) -> None:
+    (home / "platform.pid").write_text(str(os.getpid()))
+
+
+def _follow_runs(platform, seen: dict[str, str], stopping: threading.Event) -> None:
+    """Print each run's status changes, and drops recorded as duplicates, until stopped."""
+    machines = platform.backend.state_machines
+    last_trigger = max((t["id"] for t in platform.triggers.triggers(1)), default=0)
     while not stopping.wait(1.0):
         for execution in reversed(machines.list(limit=50)):
             if seen.get(execution.id) == execution.status:
                 continue
             seen[execution.id] = execution.status
             console.print(f"{time.strftime('%H:%M:%S')} run {execution.name}: {_status_line(execution)}")
+        for trigger in reversed(platform.triggers.triggers(20)):
+            if trigger["id"] > last_trigger:
+                last_trigger = trigger["id"]
+                if trigger["outcome"] == "duplicate":
+                    console.print(f"{time.strftime('%H:%M:%S')} {trigger['source']} "
+                                  f"{trigger['detail'].get('file') or trigger['detail']}: same content as run "
+                                  f"{trigger['execution']}, nothing to do")
 
 
 def _status_line(execution) -> str:
@@ -137,7 +169,7 @@ def run(data: Optional[Path] = typer.Option(None, help="labelled file to run the
     if (data is None) == (dataset is None):
         _fail("give exactly one of --data FILE or --dataset VERSION")
     if data is not None and not data.is_file():
-        _fail(f"{data}: no such file")
+        _fail(f"{data}: {'is a directory, not a file' if data.is_dir() else 'no such file'}")
     _check_kinds(candidate)
     policies = _parse_policy(policy)
     home = hsops_home()
@@ -166,7 +198,7 @@ def run(data: Optional[Path] = typer.Option(None, help="labelled file to run the
                 f"queued run {name}; `hsops up` drives it (follow with `hsops pipeline status {name}`)")
             return
         backend.start()
-        result = _drive(machines, execution.id, quiet=as_json)
+        result = _drive(machines, execution, quiet=as_json)
     finally:
         backend.close()
     _report(result["history"], result["execution"], as_json)
@@ -175,19 +207,24 @@ def run(data: Optional[Path] = typer.Option(None, help="labelled file to run the
 
 
 def _parse_policy(pairs: list[str]) -> dict:
+    from hsops.pipeline.policy import check_policy
+
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         try:
             out[key] = float(value)
         except ValueError:
-            _fail(f"--policy takes KEY=NUMBER, got {pair!r}")
+            sep = ""
         if not sep:
             _fail(f"--policy takes KEY=NUMBER, got {pair!r}")
-    return out
+    try:
+        return check_policy(out)
+    except ValueError as exc:
+        _fail(str(exc))
 
 
-def _drive(machines, execution_id: str, *, quiet: bool) -> dict:
+def _drive(machines, execution, *, quiet: bool) -> dict:
     """Run the execution in a thread; show its states as they finish; Ctrl-C leaves it resumable."""
     from hsops.platform.local.asl import Stopped
 
@@ -195,7 +232,7 @@ def _drive(machines, execution_id: str, *, quiet: bool) -> dict:
 
     def work():
         try:
-            outcome["execution"] = machines.run(execution_id)
+            outcome["execution"] = machines.run(execution.id)
         except Stopped:
             outcome["stopped"] = True
         except BaseException as exc:  # noqa: BLE001 - reported below
@@ -203,25 +240,26 @@ def _drive(machines, execution_id: str, *, quiet: bool) -> dict:
 
     thread = threading.Thread(target=work, name="hsops-run", daemon=True)
     thread.start()
-    shown = 0
+    shown: set[str] = set()  # steps finish out of start order (Map items, Parallel branches)
     try:
         while thread.is_alive():
             thread.join(0.5)
-            history = machines.history(execution_id)
-            finished = [h for h in history if h["status"] != "running"]
-            if not quiet:
-                for h in finished[shown:]:
+            for h in machines.history(execution.id):
+                if h["status"] == "running" or h["key"] in shown:
+                    continue
+                shown.add(h["key"])
+                if not quiet:
                     mark = "[green]ok[/]" if h["status"] == "succeeded" else f"[red]{h['status']}[/]"
-                    err.print(f"  {step_label(h):<24} {mark} {h['duration_ms'] or 0:>10.0f} ms "
+                    err.print(f"  {step_label(h):<26} {mark} {h['duration_ms'] or 0:>10.0f} ms "
                               + (f"{h['error']}: {(h['cause'] or '')[:120]}" if h["error"] else ""))
-            shown = len(finished)
     except KeyboardInterrupt:
+        err.print("interrupted: stopping the run and its workers (a running step is queued again) ...")
         machines.stop()
         thread.join(15)
-        _fail(f"interrupted: run {execution_id} stays RUNNING; `hsops up` resumes it", code=130)
+        _fail(f"run {execution.name} stays RUNNING; `hsops up` resumes it", code=130)
     if "crash" in outcome:
         raise outcome["crash"]
-    return {"execution": outcome["execution"], "history": machines.history(execution_id)}
+    return {"execution": outcome["execution"], "history": machines.history(execution.id)}
 
 
 def _report(history: list[dict], execution, as_json: bool) -> None:
@@ -246,12 +284,14 @@ def step_label(step: dict) -> str:
 def history_table(name: str, history: list[dict]) -> Table:
     table = Table(title=f"Pipeline run {name}")
     for col, justify in (("state", "left"), ("type", "left"), ("status", "left"), ("start", "left"),
-                         ("duration", "right"), ("memory", "right"), ("cost (USD)", "right"), ("error", "left")):
+                         ("end", "left"), ("duration", "right"), ("memory", "right"), ("cost (USD)", "right"), ("error", "left")):
         table.add_column(col, justify=justify, overflow="fold")
     for h in history:
         status = h["status"] + (f" (try {h['attempt'] + 1})" if h.get("attempt") else "")
+        if h.get("before_redrive"):
+            status += f", before redrive {h['before_redrive']}"
         memory = f"{h['peak_memory_mb']:.0f} MB" if h.get("peak_memory_mb") else ""
-        table.add_row(step_label(h), h["type"], status, (h["started_at"] or "")[11:23],
+        table.add_row(step_label(h), h["type"], status, (h["started_at"] or "")[11:23], (h["ended_at"] or "")[11:23],
                       f"{h['duration_ms'] / 1000:.2f} s" if h["duration_ms"] is not None else "",
                       memory, f"{h['cost_usd']:.8f}" if h["cost_usd"] else "",
                       f"{h['error']}: {(h['cause'] or '')[:200]}" if h["error"] else "")
@@ -313,11 +353,22 @@ def triggers(limit: int = typer.Option(50, min=1, max=1000), as_json: bool = typ
 
 
 @pipeline_app.command("dead-letters")
-def dead_letters(as_json: bool = typer.Option(False, "--json")):
+def dead_letters(redrive: Optional[str] = typer.Option(None, help="put this dead letter back on its queue: "
+                                                                  "`hsops up` then retries it (redrives its run)"),
+                 as_json: bool = typer.Option(False, "--json")):
     """Trigger messages whose runs kept failing, with the last error (nothing is lost)."""
     from dataclasses import asdict
 
+    from hsops.platform.backend import BackendError
+
     with _local_backend() as backend:
+        if redrive:
+            try:
+                message_id = backend.events.redrive(redrive)
+            except BackendError as exc:
+                _fail(str(exc))
+            console.print(f"dead letter {redrive} is back on its queue as message {message_id}")
+            return
         rows = [asdict(d) for d in backend.events.dead_letters()]
     if as_json:
         _emit_json(rows)
@@ -340,13 +391,21 @@ def schedule_add(name: str = typer.Argument(..., help="a name for the schedule")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", name):
         _fail(f"schedule name {name!r}: letters, digits, '-' and '_' only, at most 64")
     _check_kinds(candidate)
+    if dataset != "latest":
+        from hsops.data.datasets import DatasetNotFound, load_dataset
+
+        try:
+            load_dataset(hsops_home(), dataset)
+        except DatasetNotFound as exc:
+            _fail(str(exc))
     with _local_backend() as backend:
+        replaced = any(s.name == name for s in backend.scheduler.list())
         try:
             schedule = backend.scheduler.put(name, expression, PIPELINE_REQUESTED, {
                 "source": {"dataset_version": dataset}, "candidates": [{"kind": k} for k in candidate] or None})
         except ValueError as exc:
             _fail(str(exc))
-    console.print(f"schedule {name}: {expression}, next run {schedule.next_fire}")
+    console.print(f"schedule {name}{' replaced' if replaced else ''}: {expression}, next run {schedule.next_fire}")
 
 
 @schedule_app.command("list")

@@ -105,6 +105,12 @@ def test_post_v1_pipelines_runs_on_an_ingested_dataset_and_refuses_bad_requests(
         assert response.json()["message"]
     assert httpx.post(f"{base}/v1/pipelines", content="not json", timeout=10,
                       headers={"content-type": "text/plain"}).status_code == 415
+    for raw in ('{"dataset_version": "latest", "policy": {"min_rows": NaN}}',
+                '{"dataset_version": "latest", "policy": {"min_rows": 1e999}}',
+                '{"dataset_version": "latest", "candidates": [{"kind": "linear", "params": {"epochs": "x"}}]}'):
+        response = httpx.post(f"{base}/v1/pipelines", content=raw, timeout=10,
+                              headers={"content-type": "application/json"})
+        assert response.status_code == 422, (raw, response.text)
 
     accepted = httpx.post(f"{base}/v1/pipelines", json={"dataset_version": "latest", "name": "from-api"}, timeout=10)
     assert accepted.status_code == 202, accepted.text

@@ -78,6 +78,10 @@ def test_quarantine_moves_the_object_with_its_reasons_and_tolerates_a_redelivery
     assert [o.key for o in objects.list("uploads/")] == []
     reasons = json.loads(objects.get("quarantine/lines.csv.reasons.json"))
     assert reasons["reasons"] == ["too few rows"]
+    # a quarantined file run again and failed again stays where it is
+    again = {"source": {"object_key": "quarantine/lines.csv"}, "validation": {"reasons": ["still"]}}
+    assert data.quarantine(again, context) == {"quarantine_key": "quarantine/lines.csv"}
+    assert objects.head("quarantine/lines.csv").size > 0
 
 
 def test_split_counts_rows_and_refuses_a_tiny_test_split(context, uploaded):
@@ -92,7 +96,7 @@ def test_train_refuses_bad_candidates_before_training(context, uploaded):
     version = _ingest(context, uploaded)["dataset_version"]
     with pytest.raises(BadEvent, match="unknown model kind"):
         training.train({"candidate": {"kind": "nope"}, "dataset_version": version}, context)
-    with pytest.raises(BadEvent, match="unknown candidate field"):
+    with pytest.raises(BadEvent, match="unknown field"):
         training.train({"candidate": {"kind": "linear", "rm": "-rf"}, "dataset_version": version}, context)
     with pytest.raises(ValueError):
         training.train({"candidate": {"kind": "linear", "params": {"no_such_param": 1}},
@@ -165,3 +169,21 @@ def test_compare_weighs_cost_and_margin(context):
     assert small["better_than_champion"] is False  # +2 points is within the required margin
     with pytest.raises(BadEvent, match="no candidate"):
         release.compare({"candidates": [], "champion": champion}, None)
+
+
+def test_compare_does_not_replace_a_better_challenger(context):
+    def ev(top1, artifact, version="1"):
+        return {"present": True, "kind": "k", "artifact_dir": artifact, "version": version,
+                "metrics": {"hs6_top1": top1}, "cost_per_million_usd": 1.0}
+
+    champion, challenger = ev(0.60, "artifacts/champ", "1"), ev(0.70, "artifacts/chal", "2")
+    worse = release.compare({"candidates": [ev(0.65, "artifacts/new")], "champion": champion,
+                             "challenger": challenger}, None)
+    assert worse["better_than_champion"] is True and worse["better_than_challenger"] is False
+    assert "stays under test" in worse["reason"]
+    better = release.compare({"candidates": [ev(0.72, "artifacts/new")], "champion": champion,
+                              "challenger": challenger}, None)
+    assert better["better_than_challenger"] is True
+    alone = release.compare({"candidates": [ev(0.65, "artifacts/new")], "champion": champion,
+                             "challenger": {"present": False}}, None)
+    assert alone["better_than_challenger"] is True

@@ -130,24 +130,37 @@ def test_a_malformed_file_fails_at_validation_and_registers_nothing(platform, hs
     assert machines.describe(execution.id).status == "FAILED"
 
 
-def test_a_handler_that_always_fails_is_retried_then_dead_lettered(platform, hsops_home):
-    """A candidate whose training always raises: the run fails with the reason, the
-    trigger is redelivered (the run redriven) until its receives run out, then it is a
-    dead letter carrying the error."""
-    rows = sample_rows()
-    backend = platform.backend
-    write_csv(hsops_home / "seed.csv", rows)
-    backend.objects.put("uploads/seed.csv", hsops_home / "seed.csv")
-    backend.events.publish(PIPELINE_REQUESTED, {
-        "name": "always-fails", "source": {"object_key": "uploads/seed.csv"},
-        "candidates": [{"kind": "linear", "params": {"no_such_param": 1}}]})
-    dead = wait_for(lambda: backend.events.dead_letters(), timeout=300, what="a dead letter")
-    assert len(dead) == 1 and "no_such_param" in dead[0].error
-    execution = backend.state_machines.describe("always-fails")
-    assert execution.status == "FAILED" and "no_such_param" in (execution.cause or "")
-    outcomes = [t["outcome"] for t in platform.triggers.triggers() if t["execution"] == "always-fails"]
-    assert outcomes.count("started") == 1 and sum(o.startswith("redriven") for o in outcomes) == 2
-    assert not registry(hsops_home).get("versions")
+def test_a_handler_that_always_fails_is_retried_then_dead_lettered(hsops_home, monkeypatch):
+    """Training fails on every call (fault injection in the workers): the run fails with
+    the reason, the trigger is redelivered (the run redriven) until its attempts run out,
+    then it is a dead letter carrying the error."""
+    monkeypatch.setenv("HSOPS_FAULT_INJECT", "hsops-train")
+    configure(hsops_home)
+    platform = LocalPlatform(hsops_home, port=None, max_workers=2, idle_timeout=5.0, poll_interval=0.1).start()
+    try:
+        backend = platform.backend
+        write_csv(hsops_home / "seed.csv", sample_rows())
+        backend.objects.put("uploads/seed.csv", hsops_home / "seed.csv")
+        backend.events.publish(PIPELINE_REQUESTED, {"name": "always-fails", "source": {"object_key": "uploads/seed.csv"}})
+        dead = wait_for(lambda: backend.events.dead_letters(), timeout=300, what="a dead letter")
+        assert len(dead) == 1 and "InjectedFault" in dead[0].error
+        execution = backend.state_machines.describe("always-fails")
+        assert execution.status == "FAILED" and execution.error == "InjectedFault"
+        assert "fault injection" in execution.cause
+        outcomes = [t["outcome"] for t in platform.triggers.triggers() if t["execution"] == "always-fails"]
+        assert outcomes.count("started") == 1 and sum(o.startswith("redriven") for o in outcomes) == 2
+        # the failures of the first two tries stay in the history, and in the cost
+        history = backend.state_machines.history(execution.id)
+        failed_trains = [h for h in history if h["state"] == "Train" and h["status"] == "failed"]
+        assert sorted(h["before_redrive"] or 0 for h in failed_trains) == [0, 1, 2]
+        assert all(h["error"] == "InjectedFault" for h in failed_trains)
+        assert not registry(hsops_home).get("versions")
+        # ingest, validate and split ran once: a redrive restarts at the failed step
+        counts = {r["function"]: r["n"] for r in backend.db.query(
+            "SELECT function, COUNT(*) AS n FROM fn_invocations GROUP BY function")}
+        assert counts["hsops-ingest"] == 1 and counts["hsops-train"] == 3
+    finally:
+        platform.stop()
 
 
 def _running_train(machines, execution_id):
@@ -252,3 +265,34 @@ def test_a_monitoring_event_and_a_schedule_each_start_a_run(platform, hsops_home
     assert second.output["outcome"] == "rejected" and "own artifact" in second.output["reason"]
     assert list(registry(hsops_home)["versions"]) == ["1"], "a rejected model is not registered"
     assert "Rejected" in [h["state"] for h in machines.history(second.id)]
+
+
+def test_a_drop_whose_trigger_was_dead_lettered_runs_when_dropped_again(platform, hsops_home):
+    """A broken pipeline.json fails the trigger until it is a dead letter; once fixed,
+    dropping the same file again runs it (it is not taken for a duplicate)."""
+    (hsops_home / "pipeline.json").write_text('{"candidates": [')
+    drop(hsops_home, "r1.csv", sample_rows())
+    dead = wait_for(lambda: platform.backend.events.dead_letters(), what="the dead letter")
+    assert "not a valid pipeline configuration" in dead[0].error
+    assert platform.backend.state_machines.list() == []
+    configure(hsops_home)
+    drop(hsops_home, "r1.csv", sample_rows())
+    machines = platform.backend.state_machines
+    execution = wait_for(finished(machines, wait_for(lambda: machines.list(), what="the run")[0].id), what="end")
+    assert execution.status == "SUCCEEDED", (execution.error, execution.cause)
+
+
+def test_a_file_held_open_for_writing_is_not_taken(tmp_path):
+    from hsops.platform.local.triggers import _open_for_writing
+
+    path = tmp_path / "slow.csv"
+    with open(path, "w") as writer:
+        writer.write("goods_description,hs_code\n")
+        writer.flush()
+        assert _open_for_writing(path)
+        with open(path) as reader:
+            reader.read()
+            assert _open_for_writing(path)  # the writer still holds it
+    with open(path) as reader:
+        assert not _open_for_writing(path)  # only read
+    assert not _open_for_writing(path)

@@ -147,6 +147,11 @@ class EventBus(abc.ABC):
     def nack(self, message: Message, error: str, *, delay: float = 0.0) -> None: ...
 
     @abc.abstractmethod
+    def dead_letter(self, message: Message, error: str) -> None:
+        """Move a received message to the dead letters now, with ``error`` (a consumer that
+        knows retrying cannot help; on SQS: send it to the dead-letter queue, then delete it)."""
+
+    @abc.abstractmethod
     def extend(self, message: Message, visibility_timeout: float) -> None:
         """Keep a message invisible for ``visibility_timeout`` more seconds (a heartbeat)."""
 

@@ -135,6 +135,18 @@ def test_a_vanished_consumer_ends_in_the_dead_letters_with_lease_expired(backend
     assert dead.id == message.id and "lease expired" in dead.error and dead.receive_count == 1
 
 
+def test_dead_letter_moves_a_message_at_once_with_its_error(backend):
+    events = backend.events
+    events.publish("q", {"x": 1})
+    [message] = events.receive("q", max_receives=10)
+    events.dead_letter(message, "cannot help: retried enough")
+    assert events.receive("q") == []
+    [dead] = events.dead_letters("q")
+    assert (dead.body, dead.receive_count, dead.error) == ({"x": 1}, 1, "cannot help: retried enough")
+    with pytest.raises(BackendError):
+        events.ack(message)  # it is no longer in the queue
+
+
 def test_redrive_puts_a_dead_letter_back_with_a_fresh_count(backend):
     events = backend.events
     events.publish("q", {"x": 1})

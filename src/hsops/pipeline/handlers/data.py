@@ -8,21 +8,21 @@ from pathlib import PurePosixPath
 
 from hsops._fs import staging_dir
 from hsops.pipeline.handlers._common import BadEvent, backend_of, home_of, require
+from hsops.pipeline.policy import check_policy, default_policy
 
-# dataset-level rules; the execution input's "policy" may override each
-DEFAULT_POLICY = {
-    "min_rows": 50,                 # fewer accepted rows cannot train anything useful
-    "max_quarantine_share": 0.5,    # more bad rows than this suggests the wrong file or columns
-    "min_classes": 2,
-    "min_test_rows": 10,            # the gate compares models on the test split
-}
+DATA_RULES = ("min_rows", "max_quarantine_share", "min_classes", "min_test_rows")
 
 
 def _policy(event: dict) -> dict:
+    """The dataset-level rules: defaults, overridden by the event's (checked) policy."""
     given = event.get("policy") or {}
     if not isinstance(given, dict):
         raise BadEvent(f"'policy' must be an object, got {type(given).__name__}")
-    return {**DEFAULT_POLICY, **{k: v for k, v in given.items() if k in DEFAULT_POLICY}}
+    try:
+        checked = check_policy({k: v for k, v in given.items() if k in DATA_RULES})
+    except ValueError as exc:
+        raise BadEvent(str(exc)) from None
+    return {k: v for k, v in default_policy().items() if k in DATA_RULES} | checked
 
 
 def ingest(event: dict, context) -> dict:
@@ -101,6 +101,8 @@ def quarantine(event: dict, context) -> dict:
         return {"quarantine_key": None}
     objects = backend_of(context).objects
     target = f"quarantine/{PurePosixPath(key).name}"
+    if key == target or key.startswith("quarantine/"):  # a quarantined file run again: it stays
+        return {"quarantine_key": key}
     reasons = {"source": key, "execution": event.get("execution"), "reasons": validation.get("reasons", [])}
     objects.put(f"{target}.reasons.json", json.dumps(reasons, indent=2).encode())
     try:

@@ -12,8 +12,9 @@ log = logging.getLogger("hsops.pipeline")
 
 def compare(event: dict, context) -> dict:
     """Pick the best candidate (HS6 top-1 on the test split, then the cheaper); decide whether
-    it beats the champion by more than ``policy.min_improvement`` points and fits the cost
-    budget. The Gate state branches on ``better_than_champion`` and ``cost_per_million_usd``."""
+    it beats the champion by more than ``policy.min_improvement``, beats the challenger it
+    would replace, and fits the cost budget. The Gate state branches on
+    ``better_than_champion``, ``better_than_challenger`` and ``cost_per_million_usd``."""
     candidates = [c for c in require(event, "candidates", list) if isinstance(c, dict) and c.get("present", True)]
     if not candidates:
         raise BadEvent("no candidate was evaluated")
@@ -34,12 +35,23 @@ def compare(event: dict, context) -> dict:
                   f"{champion['metrics']['hs6_top1']:.1%} HS6 top-1 on the same test split "
                   f"({improvement:+.2f} points; required > {100 * min_improvement:+.2f})"
                   + ("; it is the champion's own artifact" if same else ""))
+    challenger = event.get("challenger") or {"present": False}
+    better_than_challenger = True
+    if challenger.get("present") and challenger.get("artifact_dir") != (champion or {}).get("artifact_dir"):
+        # it would replace the challenger under test: only a better model may
+        beaten = challenger["metrics"]["hs6_top1"]
+        better_than_challenger = best.get("artifact_dir") != challenger.get("artifact_dir") and top1 > beaten
+        if better:
+            reason += (f"; vs the current challenger v{challenger.get('version')} {beaten:.1%}: "
+                       + ("better" if better_than_challenger else "not better, it stays under test"))
     cost = float(best["cost_per_million_usd"])
     within_budget = cost <= budget
     if not within_budget:
         reason += f"; serving cost {cost:.3f} USD per million predictions is over the budget of {budget}"
     return {"best": best, "champion": champion if champion.get("present") else None,
-            "better_than_champion": better, "improvement_points": improvement,
+            "challenger": challenger if challenger.get("present") else None,
+            "better_than_champion": better, "better_than_challenger": better_than_challenger,
+            "improvement_points": improvement,
             "cost_per_million_usd": cost, "within_budget": within_budget, "reason": reason}
 
 

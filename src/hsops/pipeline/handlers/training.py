@@ -7,8 +7,6 @@ from pathlib import Path
 from hsops.pipeline.handlers._common import BadEvent, home_of, home_relative, inside_home, require
 
 PROBE_TEXTS = 1000  # test descriptions the serving-cost probe times (enough for a stable p50)
-# what a candidate may say; anything else is refused before training starts
-CANDIDATE_KEYS = {"kind", "params", "upsample", "target_accuracy"}
 
 
 def train(event: dict, context) -> dict:
@@ -19,19 +17,16 @@ def train(event: dict, context) -> dict:
     artifact; the artifact is renamed into place only when complete, so a worker killed
     mid-training leaves nothing a later step could pick up."""
     from hsops.data.datasets import load_dataset
-    from hsops.models.base import check_params, model_class, model_kinds
+    from hsops.models.base import check_params, model_class
+    from hsops.pipeline.policy import check_candidates
     from hsops.training.train import DEFAULT_TARGET_ACCURACY
     from hsops.training.train import train as train_model
 
-    candidate = require(event, "candidate", (dict, str))
-    if isinstance(candidate, str):
-        candidate = {"kind": candidate}
-    unknown = sorted(set(candidate) - CANDIDATE_KEYS)
-    if unknown:
-        raise BadEvent(f"unknown candidate field(s) {unknown}; known: {sorted(CANDIDATE_KEYS)}")
-    kind = require(candidate, "kind")
-    if kind not in model_kinds():
-        raise BadEvent(f"unknown model kind {kind!r}; known: {sorted(model_kinds())}")
+    try:
+        [candidate] = check_candidates([require(event, "candidate", (dict, str))])
+    except ValueError as exc:
+        raise BadEvent(str(exc)) from None
+    kind = candidate["kind"]
     params = check_params(model_class(kind), dict(candidate.get("params") or {}))
     home = home_of(context)
     dataset = load_dataset(home, require(event, "dataset_version"))

@@ -161,9 +161,15 @@ class LocalEventBus(EventBus):
                 raise self._stale(conn, message, "ack")
 
     def nack(self, message: Message, error: str, *, delay: float = 0.0) -> None:
+        self._settle(message, error, delay, verb="nack")
+
+    def dead_letter(self, message: Message, error: str) -> None:
+        self._settle(message, error, 0.0, verb="dead_letter")
+
+    def _settle(self, message: Message, error: str, delay: float, *, verb: str) -> None:
         _check_message(message)
         if not isinstance(error, str):
-            raise BackendError(f"nack error must be a string, not {type(error).__name__}")
+            raise BackendError(f"{verb} error must be a string, not {type(error).__name__}")
         if len(error) > MAX_ERROR_CHARS:
             error = error[:MAX_ERROR_CHARS] + " ...(truncated)"
         delay = _seconds("delay", delay, MAX_VISIBILITY)
@@ -171,9 +177,9 @@ class LocalEventBus(EventBus):
             row = conn.execute("SELECT * FROM bus_messages WHERE id = ? AND receipt = ?",
                                (message.id, message.receipt)).fetchone()
             if row is None:
-                raise self._stale(conn, message, "nack")
+                raise self._stale(conn, message, verb)
             now = self._clock()
-            if row["receive_count"] >= row["max_receives"]:
+            if verb == "dead_letter" or row["receive_count"] >= row["max_receives"]:
                 self._bury(conn, row, error, now)  # no receive left: dead now, not at the next poll
             else:
                 conn.execute("UPDATE bus_messages SET receipt = NULL, visible_at = ?, last_error = ? WHERE seq = ?",

@@ -20,10 +20,11 @@ failed the same way.
 
 ``stop(grace)`` sends SIGTERM to the workers this supervisor manages (spawned or
 adopted); each finishes the invocation in hand and exits. Those still alive after
-``grace`` seconds are killed and their invocations failed with ``Runtime.WorkerLost``
-("platform stopped"). They are not queued again: a handler may have had side effects
-half done, and retrying is the caller's choice (ASL ``Retry``), as on Lambda.
-Invocations still queued stay queued for the next ``start()``.
+``grace`` seconds are killed and their invocations queued again, to run from the start
+at the next ``start()``: stopping the platform is not a failure of the handler, and must
+not use up a run's retries (handlers are idempotent by contract, so running one again
+is safe). A worker that dies on its own still fails its invocation with
+``Runtime.WorkerLost``. Invocations still queued stay queued for the next ``start()``.
 """
 
 from __future__ import annotations
@@ -255,8 +256,7 @@ class LocalFunctionRuntime(FunctionRuntime):
             self._await_exit(remaining, 5.0)
         for pid, ident in managed.items():
             if pid in remaining:
-                self._bury(pid, f"platform stopped: worker pid {pid} was still running the invocation after the"
-                                f" {grace:g} s grace period and was killed (SIGKILL)", ident)
+                self._bury(pid, "platform stopped", ident, requeue=True)
             else:  # exited on SIGTERM: it held nothing, unless it died some other way meanwhile
                 self._bury(pid, f"worker pid {pid} {self._how_gone(pid)} during the invocation", ident)
         self._children.clear()
@@ -337,10 +337,16 @@ class LocalFunctionRuntime(FunctionRuntime):
                                 " AND supervisor IS ?", (self._token, time.time(), worker["pid"],
                                                          worker["supervisor"])).rowcount == 1
 
-    def _bury(self, pid: int, cause: str, ident: str | None) -> None:
-        """Forget a dead worker and fail the invocation it had in hand, if any, with ``cause``."""
+    def _bury(self, pid: int, cause: str, ident: str | None, *, requeue: bool = False) -> None:
+        """Forget a dead worker and fail the invocation it had in hand, if any, with ``cause``
+        (or, with ``requeue``, put it back in the queue)."""
         with self.db.transaction() as conn:
-            lost = _fail_running(conn, pid, cause)
+            if requeue:
+                conn.execute("UPDATE fn_invocations SET status = 'queued', worker_pid = NULL, lease_until = NULL"
+                             " WHERE status = 'running' AND worker_pid = ?", (pid,))
+                lost = 0
+            else:
+                lost = _fail_running(conn, pid, cause)
             row = conn.execute("DELETE FROM fn_workers WHERE pid = ? AND (ident IS ? OR ? IS NULL)"
                                " RETURNING state", (pid, ident, ident)).fetchone()
         if lost:

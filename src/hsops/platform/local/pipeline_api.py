@@ -15,48 +15,34 @@ from typing import Any, Literal, Optional
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from hsops.pipeline.policy import MAX_CANDIDATES, check_candidates, check_policy
 from hsops.platform.backend import Backend, BackendError
 from hsops.serving.app import ApiError, _require_json
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$"
-POLICY_KEYS = {"min_improvement", "max_cost_per_million_usd", "deploy_delay_seconds", "min_rows",
-               "max_quarantine_share", "min_classes", "min_test_rows"}
-
-
-class Candidate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    kind: str = Field(min_length=1, max_length=40)
-    params: dict[str, Any] = Field(default_factory=dict)
-    upsample: bool = False
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
 
 class PipelineRequest(BaseModel):
-    """Exactly one of ``dataset_version`` (``"latest"`` allowed) or ``object_key``."""
+    """Exactly one of ``dataset_version`` (``"latest"`` allowed) or ``object_key``.
+    ``candidates``: model kinds or ``{"kind", "params", "upsample", "target_accuracy"}``;
+    ``policy``: the gate and data rules (see the README). Both are checked here, before
+    anything runs."""
     model_config = ConfigDict(extra="forbid")
     dataset_version: Optional[str] = Field(None, pattern=r"^(latest|ds-[0-9a-f]{16})$")
     object_key: Optional[str] = Field(None, min_length=1, max_length=1024)
-    candidates: Optional[list[Candidate]] = Field(None, min_length=1, max_length=8)
-    policy: Optional[dict[str, float]] = None
+    candidates: Optional[list[Any]] = Field(None, min_length=1, max_length=MAX_CANDIDATES)
+    policy: Optional[dict[str, Any]] = None
     name: Optional[str] = Field(None, pattern=NAME_PATTERN)
 
     @field_validator("candidates")
     @classmethod
-    def _known_kinds(cls, value):
-        from hsops.models.base import model_kinds
-
-        known = model_kinds()
-        for candidate in value or []:
-            if candidate.kind not in known:
-                raise ValueError(f"unknown model kind {candidate.kind!r}; known: {sorted(known)}")
-        return value
+    def _candidates(cls, value):
+        return check_candidates(value) if value is not None else None
 
     @field_validator("policy")
     @classmethod
-    def _known_policy(cls, value):
-        unknown = sorted(set(value or {}) - POLICY_KEYS)
-        if unknown:
-            raise ValueError(f"unknown policy key(s) {unknown}; known: {sorted(POLICY_KEYS)}")
-        return value
+    def _policy(cls, value):
+        return check_policy(value) if value is not None else None
 
 
 class PipelineAccepted(BaseModel):
@@ -91,7 +77,7 @@ def pipeline_router(backend: Backend) -> APIRouter:
         source = ({"dataset_version": body.dataset_version} if body.dataset_version
                   else {"object_key": body.object_key})
         message = {"name": name, "source": source,
-                   "candidates": [c.model_dump() for c in body.candidates] if body.candidates else None,
+                   "candidates": body.candidates,
                    "policy": body.policy}
         message_id = backend.events.publish(PIPELINE_REQUESTED, message, dedup_key=f"api:{name}")
         requested[name] = message_id

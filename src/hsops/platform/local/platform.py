@@ -25,7 +25,7 @@ log = logging.getLogger("hsops.platform")
 
 class LocalPlatform:
     def __init__(self, home: Path, *, host: str = "127.0.0.1", port: int | None = 8000, max_workers: int = 2,
-                 idle_timeout: float = 60.0, max_runs: int = 2, inbox_settle: float = 1.0,
+                 idle_timeout: float = 60.0, max_runs: int = 2, inbox_settle: float = 2.0,
                  poll_interval: float = 0.5):
         """``port=None``: no HTTP server (tests and embedded use)."""
         self.home = Path(home)
@@ -33,14 +33,12 @@ class LocalPlatform:
         self.backend = LocalBackend(self.home, max_workers=max_workers, idle_timeout=idle_timeout)
         self.triggers = PipelineTriggers(self.backend, self.home, self.backend.db)
         self.inbox = InboxWatcher(self.backend, self.home / "inbox", settle_seconds=inbox_settle,
-                                  on_duplicate=self._duplicate_drop)
+                                  on_duplicate=self.triggers.dropped_again)
         self.max_runs, self.poll_interval = max_runs, poll_interval
         self._loops: list[Loop] = []
         self._server = None
         self._server_thread: threading.Thread | None = None
 
-    def _duplicate_drop(self, name: str, key: str) -> None:
-        self.triggers.record("inbox", {"file": name, "key": key}, None, "duplicate")
 
     def start(self) -> LocalPlatform:
         self.backend.start()

@@ -11,9 +11,9 @@ owner's pid is gone or the heartbeat is older than ``LEASE_SECONDS``; claiming i
 ``UPDATE ... WHERE`` inside ``BEGIN IMMEDIATE``, so two drivers never run it together.
 
 ``redrive`` re-runs a failed execution from the step that failed, as Step Functions'
-RedriveExecution does: failed step records are dropped, finished ones kept, and the
-idempotency keys of new attempts carry the redrive count so they do not re-attach to
-the failed invocations.
+RedriveExecution does: failed step records are set aside (renamed, kept in the history),
+finished ones reused, and the idempotency keys of new attempts carry the redrive count
+so they do not re-attach to the failed invocations.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ LEASE_SECONDS = 30.0
 LAMBDA_INVOKE = "arn:aws:states:::lambda:invoke"
 LIFECYCLE = "hsops-lifecycle"
 ACTIVE = ("PENDING", "RUNNING")
+REDRIVEN = "~redriven"  # suffix of the keys of steps a redrive set aside
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS sm_executions (
@@ -69,13 +70,21 @@ def _iso(ts: float | None = None) -> str:
 
 def _redrive_keys(steps) -> list[str]:
     """Steps a redrive runs again: every failed or unfinished step that never succeeded in
-    any attempt, so the run restarts at its first failure, not at the Fail state a Catch
-    led to. Finished steps (a Task retried to success included) are kept and reused."""
+    any attempt, and the top-level steps that ran after the first of those (the Catch
+    path to the Fail state), so the run restarts at its first failure, not at the Fail
+    state. Finished steps (a Task retried to success, a Map's other items) are reused."""
     def base(key: str) -> str:
         return re.sub(r"@\d+$", "", key)
 
+    steps = [s for s in steps if REDRIVEN not in s.key]  # set aside by an earlier redrive
     succeeded = {base(s.key) for s in steps if s.status == "succeeded"}
-    return [s.key for s in steps if s.status == "running" or (s.status == "failed" and base(s.key) not in succeeded)]
+    again = [s for s in steps if s.status == "running" or (s.status == "failed" and base(s.key) not in succeeded)]
+    if not again:
+        return []
+    first_end = min((s.ended_at or s.started_at) for s in again)
+    keys = {s.key for s in again}
+    keys |= {s.key for s in steps if "/" not in s.key and s.started_at >= first_end}
+    return [s.key for s in steps if s.key in keys]
 
 
 def lifecycle_definition() -> dict:
@@ -151,7 +160,9 @@ class LocalStateMachines(StateMachines):
         out = []
         for step in SqliteJournal(self.db, execution.id).steps():
             duration = None if step.ended_at is None else round(1000 * (step.ended_at - step.started_at), 1)
+            redrive = int(step.key.rsplit(REDRIVEN, 1)[1]) if REDRIVEN in step.key else None
             out.append({"key": step.key, "state": step.state, "type": step.type, "attempt": step.attempt,
+                        "before_redrive": redrive,
                         "status": step.status, "started_at": _iso(step.started_at),
                         "ended_at": _iso(step.ended_at) if step.ended_at else None, "duration_ms": duration,
                         "cost_usd": step.cost_usd, "error": step.error, "cause": step.cause,
@@ -229,14 +240,22 @@ class LocalStateMachines(StateMachines):
                          execution_id))
 
     def redrive(self, execution_id: str) -> Execution:
-        """Re-run a FAILED execution from where it failed (finished steps are kept)."""
+        """Re-run a FAILED execution from where it failed (finished steps are kept; the
+        failed ones stay in the history, marked ``before_redrive``)."""
         execution = self.describe(execution_id)
         if execution.status != "FAILED":
             raise BackendError(f"only a FAILED execution can be redriven; {execution.name} is {execution.status}")
         journal = SqliteJournal(self.db, execution.id)
-        journal.delete(_redrive_keys(journal.steps()))
-        self.db.execute("UPDATE sm_executions SET status = 'PENDING', error = NULL, cause = NULL, output = NULL, "
-                        "ended_at = NULL, redrive_count = redrive_count + 1 WHERE id = ?", (execution.id,))
+        keys = _redrive_keys(journal.steps())
+        with self.db.transaction() as conn:
+            count = conn.execute("SELECT redrive_count FROM sm_executions WHERE id = ?",
+                                 (execution.id,)).fetchone()[0] + 1
+            # renamed, not deleted: the history keeps what failed (and its cost), and the
+            # interpreter, looking steps up by key, runs them afresh
+            conn.executemany("UPDATE sm_steps SET key = ? WHERE execution_id = ? AND key = ?",
+                             [(f"{key}{REDRIVEN}{count}", execution.id, key) for key in keys])
+            conn.execute("UPDATE sm_executions SET status = 'PENDING', error = NULL, cause = NULL, output = NULL, "
+                         "ended_at = NULL, redrive_count = ? WHERE id = ?", (count, execution.id))
         return self.describe(execution.id)
 
     def _task_runner(self, execution_id: str, redrive_count: int):

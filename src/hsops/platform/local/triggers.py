@@ -4,8 +4,8 @@ executions of the lifecycle state machine.
 
 Why the bus in between: delivery is at-least-once, so a platform killed between "file
 seen" and "run started" still starts the run after a restart; and a run that fails is
-retried by redelivery (the execution is redriven from the failed step) until the
-message's receives run out and it lands in the dead letters with the run's error.
+retried by redelivery (the execution is redriven from the failed step) until it has
+failed ``MAX_ATTEMPTS`` times, and then lands in the dead letters with the run's error.
 
 Idempotency: an execution's name is derived from what triggered it (the file's SHA-256,
 the API request's name, the schedule's due time), so a second trigger for the same
@@ -25,6 +25,7 @@ from pathlib import Path
 
 from hsops._hashing import sha256_file
 from hsops._sqlite import SqliteDatabase
+from hsops.pipeline.policy import DEFAULT_CANDIDATES, check_candidates, check_policy, default_policy
 from hsops.platform.backend import (OBJECT_CREATED, Backend, BackendError, ExecutionExists, Message,
                                    ObjectNotFound)
 from hsops.platform.local.state_machines import LIFECYCLE
@@ -34,7 +35,10 @@ log = logging.getLogger("hsops.platform")
 PIPELINE_REQUESTED = "pipeline.requested"  # API calls and schedules
 RETRAIN_REQUESTED = "retrain.requested"  # monitoring alerts (a later stage emits them)
 QUEUES = (OBJECT_CREATED, PIPELINE_REQUESTED, RETRAIN_REQUESTED)
-MAX_RECEIVES = 3  # a failing run is redriven twice, then its trigger is dead-lettered
+MAX_ATTEMPTS = 3  # a failing run is redriven twice, then its trigger is dead-lettered
+# deliveries are not failures (a platform restart redelivers what was in flight): the bus's
+# own limit is only a backstop for a consumer that keeps crashing
+MAX_RECEIVES = 20
 VISIBILITY_SECONDS = 60.0
 # a run that failed on its data is an answer, not an error: redriving it cannot help
 FINAL_ERRORS = ("ValidationFailed", "BadEvent", "InsufficientData")
@@ -42,32 +46,42 @@ INBOX_SUFFIXES = (".csv", ".tsv", ".txt", ".jsonl", ".json", ".parquet", ".gz")
 
 SCHEMA = ("""CREATE TABLE IF NOT EXISTS pipeline_triggers (
     id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, source TEXT NOT NULL, detail TEXT NOT NULL,
-    execution TEXT, outcome TEXT NOT NULL)""",)
+    execution TEXT, outcome TEXT NOT NULL)""",
+          """CREATE TABLE IF NOT EXISTS pipeline_trigger_failures (
+    message_id TEXT PRIMARY KEY, failures INTEGER NOT NULL)""")
+
+
+def file_run_name(sha256: str) -> str:
+    """The run of a file is named by its content: the same bytes are one run."""
+    return f"file-{sha256[:24]}"
 
 
 def default_pipeline_input(home: Path) -> dict:
     """Candidates and gate policy: built-in defaults, overridden by ``HSOPS_HOME/pipeline.json``."""
-    config = {"candidates": [{"kind": "linear", "upsample": True}, {"kind": "svc"}],
-              "policy": {"min_improvement": 0.0, "max_cost_per_million_usd": 5.0, "deploy_delay_seconds": 0}}
+    config = {"candidates": DEFAULT_CANDIDATES, "policy": default_policy()}
     path = Path(home) / "pipeline.json"
     if path.is_file():
         try:
             given = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(given, dict):
+                raise ValueError("it must hold a JSON object")
+            unknown = sorted(set(given) - {"candidates", "policy"})
+            if unknown:
+                raise ValueError(f"unknown key(s) {unknown}; known: candidates, policy")
+            if "candidates" in given:
+                config["candidates"] = check_candidates(given["candidates"])
+            config["policy"] |= check_policy(given.get("policy"))
         except ValueError as exc:
-            raise ValueError(f"{path} is not valid JSON: {exc}") from None
-        if not isinstance(given, dict):
-            raise ValueError(f"{path} must hold a JSON object")
-        if "candidates" in given:
-            config["candidates"] = given["candidates"]
-        config["policy"] |= given.get("policy") or {}
+            raise ValueError(f"{path} is not a valid pipeline configuration: {exc}") from None
     return config
 
 
 def pipeline_input(home: Path, source: dict, *, candidates: list | None = None, policy: dict | None = None,
                    trigger: dict | None = None) -> dict:
+    """A run's input; ValueError when the candidates, the policy or pipeline.json are wrong."""
     config = default_pipeline_input(home)
-    return {"source": source, "candidates": candidates or config["candidates"],
-            "policy": config["policy"] | (policy or {}), "trigger": trigger or {}}
+    return {"source": source, "candidates": check_candidates(candidates) or config["candidates"],
+            "policy": config["policy"] | check_policy(policy), "trigger": trigger or {}}
 
 
 class PipelineTriggers:
@@ -88,6 +102,22 @@ class PipelineTriggers:
         rows = self.db.query("SELECT * FROM pipeline_triggers ORDER BY id DESC LIMIT ?", (limit,))
         return [{**r, "detail": json.loads(r["detail"])} for r in rows]
 
+    def dropped_again(self, name: str, key: str, sha256: str) -> None:
+        """A file whose content is already in the store was dropped again: a no-op when its
+        run exists and is not a failure worth retrying; otherwise its event is published
+        again (the run starts, or is redriven: a dead-lettered drop gets another go)."""
+        try:
+            execution = self.backend.state_machines.describe(file_run_name(sha256))
+        except BackendError:
+            execution = None
+        if execution is not None and not (execution.status == "FAILED" and execution.error not in FINAL_ERRORS):
+            self.record("inbox", {"file": name, "key": key}, execution.name, "duplicate")
+            log.info("inbox: %s is the content of run %s again: nothing to do", name, execution.name)
+            return
+        self.backend.events.publish(OBJECT_CREATED, {"type": "object.created", "key": key, "sha256": sha256,
+                                                     "dropped_again": True},
+                                    dedup_key=f"{key}:{sha256}:again:{uuid.uuid4().hex}")
+
     # -- one pass --------------------------------------------------------------------------
     def poll(self) -> None:
         for queue in QUEUES:
@@ -95,9 +125,9 @@ class PipelineTriggers:
                                                        max_receives=MAX_RECEIVES):
                 try:
                     self._handle(message)
-                except Exception as exc:  # a bad message must not stop the others
+                except Exception as exc:  # a bad message (or config) must not stop the others
                     log.warning("trigger %s on %s failed: %s", message.id, queue, exc)
-                    self.backend.events.nack(message, f"{type(exc).__name__}: {exc}", delay=1.0)
+                    self._give_up_or_retry(message, f"{type(exc).__name__}: {exc}")
         self._follow()
 
     def _request(self, message: Message) -> tuple[str, str, dict, dict]:
@@ -106,7 +136,7 @@ class PipelineTriggers:
         if message.queue == OBJECT_CREATED:
             sha = body["sha256"]
             source = {"object_key": body["key"]}
-            return "inbox", f"file-{sha[:24]}", pipeline_input(self.home, source, trigger={
+            return "inbox", file_run_name(sha), pipeline_input(self.home, source, trigger={
                 "type": "inbox", "key": body["key"], "sha256": sha}), {"key": body["key"], "sha256": sha}
         if message.queue == RETRAIN_REQUESTED:
             name = body.get("name") or f"retrain-{message.id}"
@@ -131,26 +161,47 @@ class PipelineTriggers:
             log.info("%s trigger started run %s", kind, execution.name)
         except ExecutionExists as exists:
             execution = machines.describe(exists.execution_id)
-            if execution.input.get("trigger", {}).get("message_id") != message.id:
-                # another trigger for the same thing (the same file dropped twice)
-                self.record(kind, detail, execution.name, "duplicate")
-                log.info("%s trigger is a duplicate of run %s: nothing to do", kind, execution.name)
-                self.backend.events.ack(message)
-                return
-            if execution.status == "FAILED":  # our own message, redelivered after the run failed
-                if execution.error in FINAL_ERRORS:
+            ours = execution.input.get("trigger", {}).get("message_id") == message.id
+            retriable = execution.status == "FAILED" and execution.error not in FINAL_ERRORS
+            if not retriable:
+                if not ours:  # another trigger for the same thing (the same file dropped twice)
+                    self.record(kind, detail, execution.name, "duplicate")
+                    log.info("%s trigger is a duplicate of run %s: nothing to do", kind, execution.name)
+                if execution.status in ("PENDING", "RUNNING") and ours:
+                    self._tracked[message.id] = (message, execution.id)  # redelivered after a restart
+                else:
                     self.backend.events.ack(message)
-                    return
-                execution = machines.redrive(execution.id)
-                self.record(kind, detail, execution.name, f"redriven (delivery {message.receive_count})")
-            elif execution.status == "SUCCEEDED":
-                self.backend.events.ack(message)
                 return
+            # a run that failed, asked for again: by our own redelivery after its failure,
+            # or by a new trigger (a dead letter redriven, the file dropped again)
+            execution = machines.redrive(execution.id)
+            self.record(kind, detail, execution.name, f"redriven ({self._failures(message.id)} failure(s) so far)")
         self._tracked[message.id] = (message, execution.id)
 
+    def _failures(self, message_id: str, add: int = 0) -> int:
+        """How often the runs of one trigger message failed: persisted, because a restart of
+        the platform redelivers a message without anything having failed."""
+        with self.db.transaction() as conn:
+            if add:
+                conn.execute("INSERT INTO pipeline_trigger_failures (message_id, failures) VALUES (?, ?) "
+                             "ON CONFLICT(message_id) DO UPDATE SET failures = failures + ?", (message_id, add, add))
+            row = conn.execute("SELECT failures FROM pipeline_trigger_failures WHERE message_id = ?",
+                               (message_id,)).fetchone()
+        return row[0] if row else 0
+
+    def _give_up_or_retry(self, message: Message, error: str) -> None:
+        """Redeliver (the run is redriven then) until ``MAX_ATTEMPTS`` failures; then the
+        message goes to the dead letters with the error: nothing is lost, and
+        ``hsops pipeline dead-letters --redrive ID`` tries again."""
+        if self._failures(message.id, add=1) >= MAX_ATTEMPTS:
+            self.backend.events.dead_letter(message, error)
+            log.warning("trigger %s dead-lettered: %s", message.id, error)
+        else:
+            self.backend.events.nack(message, error, delay=1.0)
+
     def _follow(self) -> None:
-        """Ack the triggers whose run succeeded (or failed on its data); nack the others
-        with the run's error so the bus redelivers them, and dead-letters them at the end."""
+        """Ack the triggers whose run succeeded (or failed on its data); retry or
+        dead-letter the others with the run's error."""
         for message_id, (message, execution_id) in list(self._tracked.items()):
             execution = self.backend.state_machines.describe(execution_id)
             try:
@@ -159,8 +210,8 @@ class PipelineTriggers:
                     continue
                 del self._tracked[message_id]
                 if execution.status == "FAILED" and execution.error not in FINAL_ERRORS:
-                    self.backend.events.nack(message, f"run {execution.name} failed: {execution.error}: "
-                                                      f"{execution.cause}", delay=1.0)
+                    self._give_up_or_retry(message, f"run {execution.name} failed: {execution.error}: "
+                                                    f"{execution.cause}")
                 else:
                     self.backend.events.ack(message)
             except BackendError as exc:
@@ -181,8 +232,8 @@ class InboxWatcher:
 
     IGNORED_SUFFIXES = (".part", ".tmp", ".crdownload", ".partial")
 
-    def __init__(self, backend: Backend, inbox: Path, *, settle_seconds: float = 1.0, on_duplicate=None):
-        """``on_duplicate(name, key)``: told when a file's content is already in the store."""
+    def __init__(self, backend: Backend, inbox: Path, *, settle_seconds: float = 2.0, on_duplicate=None):
+        """``on_duplicate(name, key, sha256)``: told when a file's content is already in the store."""
         self.backend, self.inbox, self.settle_seconds = backend, Path(inbox), settle_seconds
         self.on_duplicate = on_duplicate
         self.inbox.mkdir(parents=True, exist_ok=True)
@@ -201,7 +252,7 @@ class InboxWatcher:
             if seen is None or seen[:2] != state:
                 self._seen[path] = (*state, now)
                 continue
-            if now - seen[2] < self.settle_seconds:
+            if now - seen[2] < self.settle_seconds or _open_for_writing(path):
                 continue
             taken.append(self._take(path))
             self._seen.pop(path, None)
@@ -220,9 +271,34 @@ class InboxWatcher:
             self.backend.objects.put(key, path)
         os.unlink(path)
         if duplicate and self.on_duplicate:
-            self.on_duplicate(path.name, key)
+            self.on_duplicate(path.name, key, sha)
         log.info("inbox: %s -> %s%s", path.name, key, " (already there)" if duplicate else "")
         return key
+
+
+def _open_for_writing(path: Path) -> bool:
+    """Whether any process we can see holds ``path`` open for writing (a copy in progress
+    that paused longer than the settle time). Reads /proc: Linux only; elsewhere, and for
+    other users' processes, only the settle time protects."""
+    try:
+        target = os.stat(path)
+    except FileNotFoundError:
+        return False
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            for fd in os.scandir(fd_dir):
+                try:
+                    st = os.stat(fd.path)
+                except OSError:
+                    continue
+                if (st.st_ino, st.st_dev) != (target.st_ino, target.st_dev):
+                    continue
+                flags = (fd_dir.parent / "fdinfo" / fd.name).read_text().split("flags:")[1].split()[0]
+                if int(flags, 8) & (os.O_WRONLY | os.O_RDWR):
+                    return True
+        except (OSError, IndexError, ValueError):
+            continue
+    return False
 
 
 def _safe_name(name: str) -> str:

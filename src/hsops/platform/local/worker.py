@@ -21,6 +21,10 @@ time, like a Lambda execution environment:
   SIGTERM once the invocation in hand is done. Keeps working when its supervisor dies:
   its results land in the database all the same, and a new supervisor adopts it.
 
+``HSOPS_FAULT_INJECT`` (comma-separated function names) makes those functions fail
+with ``InjectedFault`` on every call: how the tests show retries, redrives and dead
+letters on the real pipeline.
+
 Stdout and stderr are the worker's log (``HSOPS_HOME/logs/workers/<pid>.log``): handler
 prints and the traceback tail of a failed invocation go there, not into ``cause``.
 """
@@ -128,6 +132,19 @@ class HandlerError(Exception):
         super().__init__(cause)
         self.name = name
         self.cause = cause
+
+
+FAULT_ENV = "HSOPS_FAULT_INJECT"
+
+
+class InjectedFault(RuntimeError):
+    """Raised instead of calling a handler named in ``HSOPS_FAULT_INJECT``."""
+
+
+def _injected_faults() -> set[str]:
+    """Functions that fail on every call, for chaos tests of retries and dead letters:
+    ``HSOPS_FAULT_INJECT=hsops-train,hsops-register`` in the platform's environment."""
+    return {name.strip() for name in os.environ.get(FAULT_ENV, "").split(",") if name.strip()}
 
 
 def load_handler(spec: str):
@@ -301,6 +318,8 @@ class Worker:
         with PeakMemory() as memory:
             t0 = time.perf_counter()
             try:
+                if inv["function"] in _injected_faults():
+                    raise InjectedFault(f"{FAULT_ENV} makes {inv['function']} fail (fault injection)")
                 result = handler(json.loads(inv["payload"]), context)
                 error = None
             except Exception as exc:  # noqa: BLE001 - any handler error is the invocation's outcome
