@@ -29,6 +29,10 @@ class SqliteDatabase:
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
+        self.ensure(schema)
+
+    def ensure(self, schema: tuple[str, ...] | list[str]) -> None:
+        """Run idempotent schema statements (``CREATE ... IF NOT EXISTS``) in one transaction."""
         if schema:
             with self.transaction() as conn:
                 for statement in schema:

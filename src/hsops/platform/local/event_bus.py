@@ -83,9 +83,7 @@ class LocalEventBus(EventBus):
         """``clock``: epoch seconds (tests pass a fake one); every process must agree on it."""
         self.db = db
         self._clock = clock
-        with db.transaction() as conn:  # the db is shared and already open: our tables only
-            for statement in SCHEMA:
-                conn.execute(statement)
+        db.ensure(SCHEMA)  # the db is shared and already open: our tables only
 
     def __repr__(self) -> str:
         return f"LocalEventBus({self.db!r})"

@@ -154,9 +154,7 @@ class LocalFunctionRuntime(FunctionRuntime):
         self.idle_timeout = idle_timeout
         self.poll_interval = poll_interval
         self.timeout = timeout
-        with db.transaction() as conn:
-            for statement in SCHEMA:
-                conn.execute(statement)
+        db.ensure(SCHEMA)
         # the pid says whether the supervisor's process lives; the token tells apart two
         # runtimes in one process
         self._token = f"{os.getpid()}:{uuid.uuid4().hex[:12]}"

@@ -60,9 +60,7 @@ class LocalScheduler(Scheduler):
     def __init__(self, db: SqliteDatabase, events: EventBus):
         self.db = db
         self.events = events
-        with db.transaction() as conn:
-            for statement in SCHEMA:
-                conn.execute(statement)
+        db.ensure(SCHEMA)
 
     def __repr__(self) -> str:
         return f"LocalScheduler({self.db!r})"

@@ -101,9 +101,7 @@ class LocalStateMachines(StateMachines):
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._driver: threading.Thread | None = None
-        with db.transaction() as conn:
-            for statement in SCHEMA:
-                conn.execute(statement)
+        db.ensure(SCHEMA)
         SqliteJournal(db, "-")  # creates the journal table before any reader looks
         self.register(LIFECYCLE, lifecycle_definition())
 

@@ -89,9 +89,7 @@ class PipelineTriggers:
 
     def __init__(self, backend: Backend, home: Path, db: SqliteDatabase):
         self.backend, self.home, self.db = backend, Path(home), db
-        with db.transaction() as conn:
-            for statement in SCHEMA:
-                conn.execute(statement)
+        db.ensure(SCHEMA)
         self._tracked: dict[str, tuple[Message, str]] = {}  # message id -> (message, execution id)
 
     def record(self, source: str, detail: dict, execution: str | None, outcome: str) -> None:

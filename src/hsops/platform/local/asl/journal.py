@@ -176,9 +176,7 @@ class SqliteJournal:
     def __init__(self, db: SqliteDatabase, execution_id: str):
         self.db = db
         self.execution_id = execution_id
-        with db.transaction() as conn:
-            for statement in SCHEMA:
-                conn.execute(statement)
+        db.ensure(SCHEMA)
 
     def get(self, key: str) -> StepRecord | None:
         rows = self.db.query("SELECT * FROM sm_steps WHERE execution_id = ? AND key = ?",
