@@ -76,7 +76,9 @@ def up(host: str = typer.Option("127.0.0.1", help="address of the HTTP API"),
     platform = LocalPlatform(home, host=host, port=port, max_workers=workers, idle_timeout=idle_timeout,
                              max_runs=max_runs, inbox_settle=inbox_settle)
     stopping = threading.Event()
+    # both set explicitly: a shell starting `hsops up &` makes it ignore SIGINT otherwise
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: stopping.set())
     machines = platform.backend.state_machines
     resumable = [e.name for e in machines.list(status="RUNNING")] + [e.name for e in machines.list(status="PENDING")]
     seen = {e.id: e.status for e in machines.list(limit=200)}
@@ -135,7 +137,7 @@ def _follow_runs(platform, seen: dict[str, str], stopping: threading.Event) -> N
                 last_trigger = trigger["id"]
                 if trigger["outcome"] == "duplicate":
                     console.print(f"{time.strftime('%H:%M:%S')} {trigger['source']} "
-                                  f"{trigger['detail'].get('file') or trigger['detail']}: same content as run "
+                                  f"{trigger['detail'].get('file') or trigger['detail'].get('key')}: same content as run "
                                   f"{trigger['execution']}, nothing to do")
 
 
