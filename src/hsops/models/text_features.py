@@ -50,13 +50,12 @@ def word_terms(words: list[str]) -> list[str]:
 
 
 def char_terms(words: list[str], n_min: int, n_max: int) -> list[str]:
-    terms = []
+    terms: list[str] = []
     for word in words:
         padded = f" {word} "
-        for n in range(n_min, n_max + 1):
-            if n > len(padded):
-                break
-            terms.extend(padded[i : i + n] for i in range(len(padded) - n + 1))
+        size = len(padded)
+        for n in range(n_min, min(n_max, size) + 1):
+            terms += [padded[i : i + n] for i in range(size - n + 1)]
     return terms
 
 
@@ -125,31 +124,43 @@ class TfidfFeaturizer:
         return sum(len(b.terms) for b in self.blocks)
 
     def transform(self, texts: list[str]) -> sparse.csr_matrix:
+        """TF-IDF rows: sublinear term frequency times idf, each block L2-normalised.
+
+        Python only generates the terms and looks them up; counting, weighting and
+        normalising run once over the whole batch in numpy (sorting the (row, feature)
+        keys also gives the CSR layout, with the word block before the char block in each
+        row, so every (row, block) group is a contiguous run).
+        """
         if not self.blocks:
             raise RuntimeError("featurizer is not fitted")
-        indptr = [0]
-        indices: list[int] = []
-        values: list[float] = []
+        n_features = self.n_features
+        feature_ids: list[int] = []
+        row_lengths = []
         for text in texts:
             all_terms = self._terms(text)
+            before = len(feature_ids)
             offset = 0
             for block in self.blocks:
-                counts = Counter(
-                    i for t in all_terms[block.name] if (i := block.index.get(t)) is not None
-                )
-                if counts:
-                    idx = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
-                    tf = np.fromiter(counts.values(), dtype=np.float64, count=len(counts))
-                    w = (1.0 + np.log(tf)) * block.idf[idx]  # sublinear tf
-                    w /= np.linalg.norm(w)
-                    indices.extend((idx + offset).tolist())
-                    values.extend(w.tolist())
+                lookup = block.index.get
+                ids = [i + offset for i in map(lookup, all_terms[block.name]) if i is not None]
+                feature_ids.extend(ids)
                 offset += len(block.terms)
-            indptr.append(len(indices))
-        return sparse.csr_matrix(
-            (np.asarray(values, dtype=np.float32), np.asarray(indices, dtype=np.int64), indptr),
-            shape=(len(texts), self.n_features),
-        )
+            row_lengths.append(len(feature_ids) - before)
+        n_rows = len(row_lengths)
+        rows = np.repeat(np.arange(n_rows, dtype=np.int64), row_lengths)
+        keys, tf = np.unique(rows * n_features + np.asarray(feature_ids, dtype=np.int64), return_counts=True)
+        key_rows, features = np.divmod(keys, n_features)
+        idf = np.concatenate([b.idf for b in self.blocks]) if len(self.blocks) > 1 else self.blocks[0].idf
+        weights = (1.0 + np.log(tf)) * idf[features].astype(np.float64)  # sublinear tf
+        block_of = np.searchsorted(np.cumsum([len(b.terms) for b in self.blocks]), features, side="right")
+        group = key_rows * len(self.blocks) + block_of
+        if len(group):
+            starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
+            norms = np.sqrt(np.add.reduceat(weights * weights, starts))
+            weights /= np.repeat(norms, np.diff(np.r_[starts, len(group)]))
+        indptr = np.zeros(n_rows + 1, dtype=np.int64)
+        np.cumsum(np.bincount(key_rows, minlength=n_rows), out=indptr[1:])
+        return sparse.csr_matrix((weights.astype(np.float32), features, indptr), shape=(n_rows, n_features))
 
     def term(self, feature: int) -> tuple[str, str]:
         """(block name, term) of a feature column, for explanations."""
