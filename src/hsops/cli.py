@@ -16,6 +16,7 @@ from rich.table import Table
 from hsops._cli_common import _emit_json, _fail, console, err
 from hsops._config import hsops_home
 from hsops.cli_platform import pipeline_app, up
+from hsops.cli_serving import batch, invoke, jobs_app, keys_app, serve
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Serverless MLOps for HS code prediction: ingest, train, evaluate, serve.")
@@ -23,6 +24,11 @@ models_app = typer.Typer(help="The model registry: versions, metrics, aliases.",
 app.add_typer(models_app, name="models")
 app.add_typer(pipeline_app, name="pipeline")
 app.command("up")(up)
+app.command("serve")(serve)
+app.command("batch")(batch)
+app.command("invoke")(invoke)
+app.add_typer(keys_app, name="keys")
+app.add_typer(jobs_app, name="jobs")
 
 
 def _parse_params(pairs: list[str]) -> dict:
@@ -444,26 +450,6 @@ def predictions_table(texts: list[str], predictions: list[dict]) -> Table:
             row.append(", ".join(repr(e["term"]) for e in (p.get("explanation") or [])[:4]))
         table.add_row(*row)
     return table
-
-
-# -- serve ----------------------------------------------------------------------------------
-@app.command()
-def serve(host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000, min=1, max=65535),
-          model: str = typer.Option("champion", help="alias or NAME@VERSION to serve")):
-    """Serve the prediction API (OpenAPI at /docs) with the given model alias."""
-    import uvicorn
-
-    from hsops.platform.local.server import build_app
-    from hsops.registry.index import ALIASES, ModelNotFound, resolve
-
-    try:
-        resolve(hsops_home(), model)
-    except ModelNotFound as exc:
-        if model not in ALIASES:  # a typo or a version that does not exist
-            _fail(str(exc))
-        err.print(f"[yellow]warning:[/] nothing is {model} yet; /v1/predict answers 503 until a "
-                  f"model is trained (`hsops train`) or promoted")
-    uvicorn.run(build_app(hsops_home(), model), host=host, port=port, log_level="info")
 
 
 # -- models ---------------------------------------------------------------------------------

@@ -65,16 +65,22 @@ def up(host: str = typer.Option("127.0.0.1", help="address of the HTTP API"),
        idle_timeout: float = typer.Option(60.0, min=0.1, help="seconds an idle worker waits before exiting"),
        max_runs: int = typer.Option(2, min=1, max=32, help="pipeline runs driven at once"),
        inbox_settle: float = typer.Option(2.0, min=0.1, max=3600, help="seconds a file in the inbox must stay "
-                                          "unchanged (and closed) before it is taken")):
+                                          "unchanged (and closed) before it is taken"),
+       min_replicas: Optional[int] = typer.Option(None, min=1, max=64, help="serving replicas kept up "
+                                                   "(default 1, or serving.json)"),
+       max_replicas: Optional[int] = typer.Option(None, min=1, max=64, help="serving replicas under load "
+                                                   "(default 2, or serving.json)")):
     """Start the local platform: API server, inbox watcher, workers, scheduler. Ctrl-C stops it.
 
     Drop a labelled CSV into HSOPS_HOME/inbox/ and a run trains, evaluates, and deploys a
     challenger if it beats the champion. Runs left unfinished by an earlier stop resume."""
     from hsops.platform.local.platform import LocalPlatform
+    from hsops.serving.config import ConfigError
 
     home = hsops_home()
+    serving = replica_overrides(min_replicas, max_replicas)
     platform = LocalPlatform(home, host=host, port=port, max_workers=workers, idle_timeout=idle_timeout,
-                             max_runs=max_runs, inbox_settle=inbox_settle)
+                             max_runs=max_runs, inbox_settle=inbox_settle, serving=serving)
     stopping = threading.Event()
     # both set explicitly: a shell starting `hsops up &` makes it ignore SIGINT otherwise
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
@@ -86,17 +92,21 @@ def up(host: str = typer.Option("127.0.0.1", help="address of the HTTP API"),
     if other:
         err.print(f"[yellow]warning:[/] another `hsops up` (pid {other}) uses this HSOPS_HOME; they share the "
                   "work (runs are claimed once), but two inbox watchers and schedulers run")
-    _write_pid(home)
-    platform.start()
     try:
-        deadline = time.monotonic() + 10
-        while not platform.api_started and time.monotonic() < deadline:
-            if not platform._server_thread.is_alive():
-                _fail(f"the API server could not start on {host}:{port} (is the port in use?)")
-            time.sleep(0.05)
-        console.print(f"[bold]hsops platform up[/] — API http://{host}:{port}  (docs /docs)")
+        platform.start()
+    except ConfigError as exc:
+        _fail(f"serving.json: {exc}")
+    except OSError as exc:
+        _fail(f"the API server could not start on {host}:{port} ({exc.strerror or exc}; is the port in use?)")
+    _write_pid(home)
+    try:
+        if not platform.supervisor.wait_ready(timeout=120):
+            _fail(f"no serving replica became ready; see {home / 'logs' / 'serving.log'}")
+        console.print(f"[bold]hsops platform up[/] — API http://{host}:{platform.port}  (docs /docs)")
         console.print(f"  inbox: drop labelled files into {home / 'inbox'}")
-        console.print(f"  workers: up to {workers}, idle exit after {idle_timeout:g} s; Ctrl-C to stop")
+        r = platform.supervisor.config.replicas
+        console.print(f"  serving replicas: {r.min} to {r.max}; workers: up to {workers}, idle exit after "
+                      f"{idle_timeout:g} s; Ctrl-C to stop")
         if resumable:
             console.print(f"  resuming {len(resumable)} unfinished run(s): {', '.join(resumable)}")
         _follow_runs(platform, seen, stopping)
@@ -106,6 +116,16 @@ def up(host: str = typer.Option("127.0.0.1", help="address of the HTTP API"),
         console.print("stopping: runs in progress stay RUNNING and resume at the next `hsops up`")
         platform.stop()
         (home / "platform.pid").unlink(missing_ok=True)
+
+
+def replica_overrides(min_replicas: int | None, max_replicas: int | None) -> dict:
+    """``--min-replicas``/``--max-replicas`` as serving overrides."""
+    replicas = {}
+    if min_replicas is not None:
+        replicas["min"] = min_replicas
+    if max_replicas is not None:
+        replicas["max"] = max_replicas
+    return {"replicas": replicas} if replicas else {}
 
 
 def _another_platform(home: Path) -> int | None:

@@ -43,6 +43,21 @@ def worker_pids(home) -> list[int]:
     return alive
 
 
+def replica_pids(home) -> list[int]:
+    """Serving replica processes of this home still running (found by their command line)."""
+    pids = []
+    for proc in os.listdir("/proc"):
+        if not proc.isdigit():
+            continue
+        try:
+            cmdline = open(f"/proc/{proc}/cmdline", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if b"hsops.platform.local.replica" in cmdline and str(home).encode() in cmdline:
+            pids.append(int(proc))
+    return pids
+
+
 @pytest.fixture
 def platform(hsops_home, tmp_path):
     (hsops_home / "pipeline.json").write_text(json.dumps({"candidates": [{"kind": "linear"}], "policy": POLICY}))
@@ -67,7 +82,7 @@ def platform(hsops_home, tmp_path):
             proc.kill()
             proc.wait()
     log.close()
-    for pid in worker_pids(hsops_home):
+    for pid in worker_pids(hsops_home) + replica_pids(hsops_home):
         os.kill(pid, signal.SIGKILL)
 
 
@@ -92,29 +107,42 @@ def test_copying_a_file_into_the_inbox_gives_a_registered_model(platform, hsops_
     assert answer.status_code == 200 and answer.json()["model_version"].endswith(runs[0]["outcome"]["version"])
 
 
+def create_key(home, *scopes: str) -> dict:
+    args = ["keys", "create", "e2e", *[a for s in scopes for a in ("--scope", s)], "--json"]
+    return {"authorization": f"Bearer {json.loads(run(args, home).stdout)['key']}"}
+
+
 def test_post_v1_pipelines_runs_on_an_ingested_dataset_and_refuses_bad_requests(platform, hsops_home, tmp_path):
     proc, base = platform
     run(["ingest", str(write_csv(tmp_path / "d.csv", sample_rows()))], hsops_home)
+    good = {"dataset_version": "latest", "name": "from-api"}
+    # starting a run is an admin call: no key, a wrong key, a key without the scope are refused
+    assert httpx.post(f"{base}/v1/pipelines", json=good, timeout=10).status_code == 401
+    assert httpx.post(f"{base}/v1/pipelines", json=good, timeout=10,
+                      headers={"authorization": "Bearer hsk_000000000000_" + "x" * 43}).status_code == 401
+    assert httpx.post(f"{base}/v1/pipelines", json=good, timeout=10,
+                      headers=create_key(hsops_home, "predict")).status_code == 403
+    admin = create_key(hsops_home, "admin")
     bad = [({"dataset_version": "latest", "object_key": "x"}, 422), ({}, 422),
            ({"dataset_version": "latest", "candidates": [{"kind": "nope"}]}, 422),
            ({"dataset_version": "latest", "policy": {"rm_rf": 1}}, 422),
            ({"dataset_version": "../../etc"}, 422), ({"object_key": "inbox/missing.csv"}, 422)]
     for body, status in bad:
-        response = httpx.post(f"{base}/v1/pipelines", json=body, timeout=10)
+        response = httpx.post(f"{base}/v1/pipelines", json=body, timeout=10, headers=admin)
         assert response.status_code == status, (body, response.text)
         assert response.json()["message"]
     assert httpx.post(f"{base}/v1/pipelines", content="not json", timeout=10,
-                      headers={"content-type": "text/plain"}).status_code == 415
+                      headers={"content-type": "text/plain", **admin}).status_code == 415
     for raw in ('{"dataset_version": "latest", "policy": {"min_rows": NaN}}',
                 '{"dataset_version": "latest", "policy": {"min_rows": 1e999}}',
                 '{"dataset_version": "latest", "candidates": [{"kind": "linear", "params": {"epochs": "x"}}]}'):
         response = httpx.post(f"{base}/v1/pipelines", content=raw, timeout=10,
-                              headers={"content-type": "application/json"})
+                              headers={"content-type": "application/json", **admin})
         assert response.status_code == 422, (raw, response.text)
 
-    accepted = httpx.post(f"{base}/v1/pipelines", json={"dataset_version": "latest", "name": "from-api"}, timeout=10)
+    accepted = httpx.post(f"{base}/v1/pipelines", json=good, timeout=10, headers=admin)
     assert accepted.status_code == 202, accepted.text
-    assert httpx.post(f"{base}/v1/pipelines", json={"dataset_version": "latest", "name": "from-api"},
+    assert httpx.post(f"{base}/v1/pipelines", json=good, headers=admin,
                       timeout=10).status_code in (202, 409)  # a repeated request starts nothing new
 
     def finished():
@@ -131,8 +159,10 @@ def test_ctrl_c_stops_the_platform_and_its_workers(platform, hsops_home):
     proc, base = platform
     run(["pipeline", "run", "--dataset", "latest", "--detach"], hsops_home, check=False)  # gives workers work
     time.sleep(2)
+    assert replica_pids(hsops_home)
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(30) == 0
+    assert proc.wait(60) == 0
     wait_for(lambda: not worker_pids(hsops_home), timeout=30, what="workers to exit")
+    wait_for(lambda: not replica_pids(hsops_home), timeout=30, what="serving replicas to exit")
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"{base}/v1/pipelines", timeout=2)

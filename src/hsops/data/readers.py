@@ -31,6 +31,7 @@ TEXT_CANDIDATES = ("goodsdescription", "description", "desc", "text", "productna
                    "title", "itemdescription")
 LABEL_CANDIDATES = ("hscode", "hs6", "code", "label", "hs", "tariffcode", "commoditycode", "hts")
 FORMATS = ("csv", "tsv", "jsonl", "parquet")
+NO_LABEL = "\0no-label"  # label_column value for unlabelled tables (prediction input): label is None
 
 
 UNDECODABLE = "row has bytes that are not valid"  # prefix of the problem text; reason not_utf8
@@ -77,6 +78,12 @@ def pick_column(columns: list[str], wanted: str | None, candidates: tuple[str, .
         if candidate in squashed:
             return squashed[candidate]
     raise DataFileError(f"cannot find a {role} column among {columns}; name it with {flag}")
+
+
+def _label_column(columns: list[str], wanted: str | None) -> str | None:
+    if wanted == NO_LABEL:
+        return None
+    return pick_column(columns, wanted, LABEL_CANDIDATES, "code", "--label-column")
 
 
 def _open_binary(path: Path):
@@ -204,8 +211,9 @@ def _read_delimited(path: Path, delimiter: str, text_column: str | None,
         if not any(header):
             raise DataFileError(f"{path.name}: the first line is blank; expected a header row")
         text_col = pick_column(header, text_column, TEXT_CANDIDATES, "description", "--text-column")
-        label_col = pick_column(header, label_column, LABEL_CANDIDATES, "code", "--label-column")
-        ti, li = header.index(text_col), header.index(label_col)
+        label_col = _label_column(header, label_column)
+        ti = header.index(text_col)
+        li = header.index(label_col) if label_col is not None else None
         number = 0
         while True:
             lines.consumed = []
@@ -234,7 +242,7 @@ def _read_delimited(path: Path, delimiter: str, text_column: str | None,
             elif _has_undecodable(*fields):
                 yield RawRow(number, None, None, _printable(record), _undecodable(encoding))
             else:
-                yield RawRow(number, fields[ti], fields[li], record)
+                yield RawRow(number, fields[ti], fields[li] if li is not None else None, record)
         if number == 0:
             raise DataFileError(f"{path.name}: the file has a header but no data rows")
 
@@ -268,9 +276,9 @@ def _read_jsonl(path: Path, text_column: str | None, label_column: str | None,
                 keys = list(obj)
                 columns = (
                     pick_column(keys, text_column, TEXT_CANDIDATES, "description", "--text-column"),
-                    pick_column(keys, label_column, LABEL_CANDIDATES, "code", "--label-column"),
+                    _label_column(keys, label_column),
                 )
-            yield RawRow(number, obj.get(columns[0]), obj.get(columns[1]), obj)
+            yield RawRow(number, obj.get(columns[0]), obj.get(columns[1]) if columns[1] else None, obj)
         if number == 0:
             raise DataFileError(f"{path.name}: the file has no rows")
 
@@ -285,13 +293,16 @@ def _read_parquet(path: Path, text_column: str | None, label_column: str | None)
         raise DataFileError(f"{path.name}: not a readable Parquet file ({exc})") from None
     columns = parquet.schema_arrow.names
     text_col = pick_column(columns, text_column, TEXT_CANDIDATES, "description", "--text-column")
-    label_col = pick_column(columns, label_column, LABEL_CANDIDATES, "code", "--label-column")
+    label_col = _label_column(columns, label_column)
+    wanted = [text_col] if label_col is None else [text_col, label_col]
     number = 0
-    for batch in parquet.iter_batches(columns=[text_col, label_col], batch_size=10_000):
-        texts, labels = batch.column(0).to_pylist(), batch.column(1).to_pylist()
+    for batch in parquet.iter_batches(columns=wanted, batch_size=10_000):
+        texts = batch.column(0).to_pylist()
+        labels = batch.column(1).to_pylist() if label_col is not None else [None] * len(texts)
         for text, label in zip(texts, labels):
             number += 1
-            yield RawRow(number, text, label, {text_col: text, label_col: label})
+            record = {text_col: text} if label_col is None else {text_col: text, label_col: label}
+            yield RawRow(number, text, label, record)
     if number == 0:
         raise DataFileError(f"{path.name}: the file has no rows")
 

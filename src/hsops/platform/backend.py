@@ -87,6 +87,12 @@ class ObjectStore(abc.ABC):
     def delete(self, key: str) -> bool:
         """Remove an object; False when there was none."""
 
+    def open(self, key: str):
+        """A binary file object to read the object from (stream large objects with it)."""
+        import io
+
+        return io.BytesIO(self.get(key))
+
     def put_content_addressed(self, prefix: str, data: bytes | str | Any, *, suffix: str = "") -> ObjectInfo:
         """Store under ``prefix/<sha256><suffix>``: the same content always lands on the same key."""
         from hsops._hashing import sha256_bytes, sha256_file

@@ -20,6 +20,7 @@ import os
 import re
 import threading
 from dataclasses import asdict, dataclass
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -33,7 +34,8 @@ from hsops.models.base import Classifier
 from hsops.models.explain import occlusion
 from hsops.models.runtime import load_runtime
 from hsops.models.calibration import Calibration, Headings, rank_top
-from hsops.registry.index import index_path, resolve
+from hsops.registry.index import ModelNotFound, index_path, resolve
+from hsops.serving import metrics
 
 log = logging.getLogger("hsops.serving")
 
@@ -185,9 +187,16 @@ class RegistrySource:
     """A zero-argument callable giving the Predictor a registry reference points at now.
 
     Serving calls it on every request so a promotion (the champion alias moving) takes
-    effect without a restart. The registry index is re-read only when its file changes
-    (mtime and size), and a Predictor is loaded once per artifact, under a lock so
-    concurrent requests do not load the same model twice.
+    effect without a restart. Two ways to follow the registry:
+
+    * on demand (the default): the index is re-read only when its file changes (mtime,
+      size, inode), and a changed target is loaded in the calling request, under a lock
+      so concurrent requests do not load the same model twice;
+    * ``watch()``: a thread polls the index and loads a new target *beside* the one being
+      served, then swaps the reference; requests never wait for a load and never see a
+      half-loaded model, which is how a replica swaps models under traffic with no failed
+      request. A target that fails to load (a refused artifact) is logged and counted,
+      and the old model keeps serving.
     """
 
     def __init__(self, home: Path, ref: str = "champion"):
@@ -195,6 +204,10 @@ class RegistrySource:
         self.ref = ref
         self._lock = threading.Lock()
         self._current: tuple[tuple | None, Predictor] | None = None  # (index stamp, predictor)
+        self._watcher: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._refused: tuple | None = None  # the stamp whose target failed to load
+        self.on_swap: Callable[[Predictor | None, Predictor], None] | None = None
 
     def _index_stamp(self) -> tuple | None:
         try:
@@ -204,21 +217,62 @@ class RegistrySource:
         return (st.st_mtime_ns, st.st_size, st.st_ino)
 
     def __call__(self) -> Predictor:
-        stamp = self._index_stamp()
         current = self._current  # one read of one tuple: stamp and predictor always agree
+        if self._watcher is not None and current is not None:
+            return current[1]
+        stamp = self._index_stamp()
         if current is not None and current[0] == stamp:
             return current[1]
         with self._lock:
             current = self._current
-            if current is not None and current[0] == stamp:
+            if current is not None and (current[0] == stamp or self._watcher is not None):
                 return current[1]
-            resolved = resolve(self.home, self.ref)  # ModelNotFound propagates to the caller
-            predictor = current[1] if current is not None else None
-            if (predictor is None or predictor.artifact_dir != resolved.artifact_dir
-                    or predictor.model_version != resolved.label):
-                predictor = Predictor.from_dir(resolved.artifact_dir, resolved.label)
-            self._current = (stamp, predictor)
-            return predictor
+            return self._load(stamp)
+
+    def _load(self, stamp: tuple | None) -> Predictor:
+        """Resolve and (if the target changed) load; caller holds the lock."""
+        resolved = resolve(self.home, self.ref)  # ModelNotFound propagates to the caller
+        old = self._current[1] if self._current is not None else None
+        predictor = old
+        if (predictor is None or predictor.artifact_dir != resolved.artifact_dir
+                or predictor.model_version != resolved.label):
+            predictor = Predictor.from_dir(resolved.artifact_dir, resolved.label)
+            metrics.MODEL_LOADS.labels("loaded").inc()
+        self._current = (stamp, predictor)
+        if predictor is not old and self.on_swap is not None:
+            self.on_swap(old, predictor)
+        return predictor
+
+    def watch(self, interval: float = 0.5) -> RegistrySource:
+        """Follow the registry from a background thread (see the class docstring)."""
+        if self._watcher is None:
+            self._watcher = threading.Thread(target=self._follow, args=(interval,), name="hsops-model-watch",
+                                             daemon=True)
+            self._watcher.start()
+        return self
+
+    def _follow(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            stamp = self._index_stamp()
+            current = self._current
+            if (current is not None and current[0] == stamp) or stamp == self._refused:
+                continue
+            try:
+                with self._lock:
+                    self._load(stamp)
+                self._refused = None
+            except ModelNotFound:
+                continue  # nothing under the alias yet: keep what is served (or nothing)
+            except Exception as exc:  # noqa: BLE001 - a refused artifact must not stop serving
+                self._refused = stamp
+                metrics.MODEL_LOADS.labels("refused").inc()
+                log.error("kept serving %s: the new %s target failed to load: %s",
+                          current[1].model_version if current else "nothing", self.ref, exc)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=5)
 
 
 def log_answers(sink: "PredictionSink", batch_id: str, texts: list[str], items: list[dict]) -> None:

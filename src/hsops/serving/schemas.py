@@ -116,3 +116,54 @@ class ErrorBody(BaseModel):
     message: str = Field(description="What was wrong, for a person")
     details: list[dict] = Field(default_factory=list)
     request_id: str | None = None
+
+
+# -- jobs (batch and async) --------------------------------------------------------------------
+def async_request_model(max_items: int, max_text_chars: int) -> type[BaseModel]:
+    """``POST /v1/predict/async``: a real-time body, answered later, optionally called back."""
+    base = predict_request_model(max_items, max_text_chars)
+    return create_model(
+        "AsyncPredictRequest", __base__=base,
+        callback_url=(str | None, Field(None, max_length=2048,
+                                        description="POSTed the job's status JSON when it ends, signed "
+                                                    "with X-Hsops-Signature (HMAC-SHA256)")),
+    )
+
+
+def batch_request_model(max_items: int) -> type[BaseModel]:
+    """``POST /v1/batch``: a file in the object store, or descriptions inline."""
+    return create_model(
+        "BatchRequest",
+        __config__=ConfigDict(extra="forbid", json_schema_extra={"examples": [
+            {"object_key": "batch/catalogue.csv", "text_column": "goods_description", "top_k": 3}]}),
+        object_key=(str | None, Field(None, min_length=1, max_length=1024,
+                                      description="A CSV/TSV/JSONL/Parquet/TXT object in the store")),
+        descriptions=(list[str] | None, Field(None, min_length=1, max_length=max_items,
+                                              description=f"Up to {max_items} descriptions inline")),
+        text_column=(str | None, Field(None, min_length=1, max_length=200)),
+        top_k=(int, Field(5, ge=1, le=MAX_TOP_K, strict=True)),
+        callback_url=(str | None, Field(None, max_length=2048)),
+    )
+
+
+class JobProgress(BaseModel):
+    rows_done: int
+    rows_total: int | None = None
+    fraction: float | None = None
+
+
+class JobOut(BaseModel):
+    job_id: str
+    kind: Literal["batch", "async"]
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    created_at: str
+    started_at: str | None = None
+    ended_at: str | None = None
+    progress: JobProgress
+    model_version: str | None = None
+    output_key: str | None = None
+    rows_failed: int | None = None
+    error: str | None = None
+    callback: dict | None = None
+    links: dict[str, str]
+    result: PredictResponse | None = Field(None, description="Async jobs: the /v1/predict answer, once done")

@@ -263,6 +263,15 @@ class LocalObjectStore(ObjectStore):
         with self._open(key) as handle:
             return handle.read()
 
+    def open(self, key: str):
+        """The object's file, open for reading (a later put swaps in a new inode: this
+        handle keeps reading the version it opened)."""
+        path = self._path(key)
+        try:
+            return open(path, "rb")  # noqa: SIM115 - the caller closes it
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise ObjectNotFound(f"no object {key!r}") from None
+
     def download(self, key: str, dest: Any) -> ObjectInfo:
         dest = Path(dest)
         with self._open(key) as handle:

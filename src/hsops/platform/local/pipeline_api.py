@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from hsops.pipeline.policy import MAX_CANDIDATES, check_candidates, check_policy
 from hsops.platform.backend import Backend, BackendError
-from hsops.serving.app import ApiError, _require_json
+from hsops.serving.errors import ApiError, require_json
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
@@ -52,13 +52,18 @@ class PipelineAccepted(BaseModel):
     links: dict[str, str]
 
 
-def pipeline_router(backend: Backend) -> APIRouter:
+def pipeline_router(backend: Backend, require_scope=None) -> APIRouter:
+    """``require_scope(name, required)``: the app's key check (``app.state.require_scope``);
+    requesting a run needs the admin scope, reading runs the predict scope."""
     from hsops.platform.local.triggers import PIPELINE_REQUESTED
 
+    admin = [Depends(require_scope("admin", True))] if require_scope else []
+    read = [Depends(require_scope("predict", False))] if require_scope else []
     router = APIRouter(prefix="/v1/pipelines", tags=["pipelines"])
     requested: dict[str, str] = {}  # names this server accepted -> message id (until they start)
 
-    @router.post("", status_code=202, response_model=PipelineAccepted, dependencies=[Depends(_require_json)])
+    @router.post("", status_code=202, response_model=PipelineAccepted,
+                 dependencies=[Depends(require_json), *admin])
     def request_run(body: PipelineRequest) -> Any:
         """Request a lifecycle run on a dataset version or an object in the store."""
         if (body.dataset_version is None) == (body.object_key is None):
@@ -84,14 +89,14 @@ def pipeline_router(backend: Backend) -> APIRouter:
         return {"name": name, "status": "REQUESTED", "message_id": message_id,
                 "links": {"status": f"/v1/pipelines/{name}"}}
 
-    @router.get("")
+    @router.get("", dependencies=read)
     def list_runs(limit: int = 50) -> Any:
         """The most recent runs, newest first."""
         if not 1 <= limit <= 500:
             raise ApiError(422, "invalid_input", "limit must be between 1 and 500")
         return [execution_summary(e) for e in backend.state_machines.list(limit=limit)]
 
-    @router.get("/{name}")
+    @router.get("/{name}", dependencies=read)
     def run_status(name: str) -> Any:
         """One run with its state history (state, start, end, duration, cost, error)."""
         if not re.match(NAME_PATTERN, name) and not re.match(r"^[0-9a-f]{32}$", name):

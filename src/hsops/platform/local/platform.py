@@ -5,7 +5,8 @@
   platform was killed resumes here);
 - the trigger consumer (inbox files, API requests, schedules, monitoring events);
 - the inbox watcher (``HSOPS_HOME/inbox/``) and the scheduler tick;
-- the HTTP API (prediction, models, pipelines) on 127.0.0.1 by default.
+- the HTTP API (prediction, jobs, models, pipelines) on 127.0.0.1 by default, served by
+  replica processes that scale with load (``platform.local.replicas``).
 
 ``stop()`` stops taking work, lets runs in progress stop at their next step (they stay
 RUNNING and resume at the next start) and stops the workers.
@@ -14,7 +15,6 @@ RUNNING and resume at the next start) and stops the workers.
 from __future__ import annotations
 
 import logging
-import threading
 from pathlib import Path
 
 from hsops.platform.local.backend import LocalBackend
@@ -26,8 +26,9 @@ log = logging.getLogger("hsops.platform")
 class LocalPlatform:
     def __init__(self, home: Path, *, host: str = "127.0.0.1", port: int | None = 8000, max_workers: int = 2,
                  idle_timeout: float = 60.0, max_runs: int = 2, inbox_settle: float = 2.0,
-                 poll_interval: float = 0.5):
-        """``port=None``: no HTTP server (tests and embedded use)."""
+                 poll_interval: float = 0.5, serving: dict | None = None):
+        """``port=None``: no HTTP server (tests and embedded use). ``serving``: serving
+        config overrides (``{"replicas": {"min": 1, "max": 2}}``)."""
         self.home = Path(home)
         self.host, self.port = host, port
         self.backend = LocalBackend(self.home, max_workers=max_workers, idle_timeout=idle_timeout)
@@ -36,42 +37,38 @@ class LocalPlatform:
                                   on_duplicate=self.triggers.dropped_again)
         self.max_runs, self.poll_interval = max_runs, poll_interval
         self._loops: list[Loop] = []
-        self._server = None
-        self._server_thread: threading.Thread | None = None
-
+        self.serving_overrides = serving or {}
+        self.supervisor = None
 
     def start(self) -> LocalPlatform:
+        if self.port is not None:
+            self._start_server()  # first: a port in use fails before anything else started
         self.backend.start()
         self.backend.state_machines.start_driver(max_concurrent=self.max_runs)
         self._loops = [Loop("hsops-inbox", self.inbox.poll, self.poll_interval).start(),
                        Loop("hsops-triggers", self.triggers.poll, self.poll_interval).start(),
                        Loop("hsops-scheduler", self.backend.scheduler.fire_due, 1.0).start()]
-        if self.port is not None:
-            self._start_server()
         return self
 
     def _start_server(self) -> None:
-        import uvicorn
+        from hsops.platform.local.replicas import ReplicaSupervisor
 
-        from hsops.platform.local.server import build_app
-
-        config = uvicorn.Config(build_app(self.home, backend=self.backend), host=self.host, port=self.port,
-                                log_level="warning", access_log=False)
-        self._server = uvicorn.Server(config)
-        self._server_thread = threading.Thread(target=self._server.run, name="hsops-api", daemon=True)
-        self._server_thread.start()
+        self.supervisor = ReplicaSupervisor(self.home, host=self.host, port=self.port, pipelines=True,
+                                            overrides=self.serving_overrides,
+                                            log_file=self.home / "logs" / "serving.log")
+        (self.home / "logs").mkdir(exist_ok=True)
+        self.supervisor.start()  # binds the port: OSError here if it is taken
+        self.port = self.supervisor.port
 
     @property
     def api_started(self) -> bool:
-        return bool(self._server is not None and self._server.started)
+        return bool(self.supervisor is not None and self.supervisor.ready_count() > 0)
 
     def stop(self, grace: float = 10.0) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
+        if self.supervisor is not None:
+            self.supervisor.stop()
         for loop in self._loops:
             loop.stop()
         self.backend.state_machines.stop(timeout=grace)
         self.backend.functions.stop(grace=grace)
-        if self._server_thread is not None:
-            self._server_thread.join(timeout=grace)
         self.backend.close()

@@ -36,6 +36,39 @@ MIGRATIONS: list[tuple[str, ...]] = [
         "CREATE INDEX predictions_created ON predictions (created_at)",
         "CREATE INDEX predictions_model ON predictions (model_version, created_at)",
     ),
+    # 2: API keys (hashed; see hsops.serving.auth)
+    (
+        """CREATE TABLE api_keys (
+            key_id      TEXT PRIMARY KEY,
+            name        TEXT NOT NULL,
+            secret_hash TEXT NOT NULL,
+            scopes      TEXT NOT NULL,
+            created_at  TEXT NOT NULL,
+            revoked_at  TEXT
+        )""",
+    ),
+    # 3: batch and async prediction jobs (hsops.platform.local.jobs)
+    (
+        """CREATE TABLE jobs (
+            job_id        TEXT PRIMARY KEY,
+            kind          TEXT NOT NULL,
+            status        TEXT NOT NULL,
+            created_at    TEXT NOT NULL,
+            started_at    TEXT,
+            ended_at      TEXT,
+            request       TEXT NOT NULL,
+            input_key     TEXT NOT NULL,
+            output_key    TEXT,
+            rows_total    INTEGER,
+            rows_done     INTEGER NOT NULL DEFAULT 0,
+            model_version TEXT,
+            error         TEXT,
+            callback      TEXT,
+            key_id        TEXT,
+            attempts      INTEGER NOT NULL DEFAULT 0
+        )""",
+        "CREATE INDEX jobs_created ON jobs (created_at)",
+    ),
 ]
 
 _PREDICTION_COLUMNS = ("request_id", "batch_id", "created_at", "text", "hs_code", "confidence",
@@ -124,3 +157,39 @@ class StateStore:
             return self._conn().execute("SELECT COUNT(*) FROM predictions").fetchone()[0]
         return self._conn().execute("SELECT COUNT(*) FROM predictions WHERE model_version = ?",
                                     (model_version,)).fetchone()[0]
+
+    # -- API keys (implements hsops.serving.auth.KeyStore) -------------------------------
+    def add_key(self, name: str, scopes) -> tuple[str, "KeyRecord"]:
+        """Create a key; ``(plain key, record)``. The plain key is not kept anywhere."""
+        from hsops.serving.auth import KeyRecord, check_scopes, new_key
+
+        name = str(name).strip()
+        if not name or len(name) > 100:
+            raise ValueError("a key needs a name of 1 to 100 characters")
+        scopes = check_scopes(scopes)
+        plain, key_id, secret_hash = new_key()
+        record = KeyRecord(key_id, name, secret_hash, scopes, _now())
+        with self.db.transaction() as conn:
+            conn.execute("INSERT INTO api_keys (key_id, name, secret_hash, scopes, created_at) VALUES (?, ?, ?, ?, ?)",
+                         (key_id, name, secret_hash, ",".join(scopes), record.created_at))
+        return plain, record
+
+    def get_key(self, key_id: str) -> "KeyRecord | None":
+        from hsops.serving.auth import KeyRecord
+
+        row = self._conn().execute("SELECT * FROM api_keys WHERE key_id = ?", (key_id,)).fetchone()
+        if row is None:
+            return None
+        return KeyRecord(row["key_id"], row["name"], row["secret_hash"], tuple(row["scopes"].split(",")),
+                         row["created_at"], row["revoked_at"])
+
+    def list_keys(self) -> list["KeyRecord"]:
+        ids = [r[0] for r in self._conn().execute("SELECT key_id FROM api_keys ORDER BY created_at, key_id")]
+        return [self.get_key(i) for i in ids]
+
+    def revoke_key(self, key_id: str) -> bool:
+        """True when the key existed and was live."""
+        with self.db.transaction() as conn:
+            cur = conn.execute("UPDATE api_keys SET revoked_at = ? WHERE key_id = ? AND revoked_at IS NULL",
+                               (_now(), key_id))
+            return cur.rowcount == 1

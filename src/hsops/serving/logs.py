@@ -1,0 +1,67 @@
+"""Structured JSON logs for the serving path, one object a line, never carrying a secret.
+
+Every record gets ``ts``, ``level``, ``logger``, ``message`` and the fields passed as
+``extra`` (``request_id``, ``method``, ``path``, ``status``, ``duration_ms``,
+``key_id``, ``model_version``, ...). The redaction filter runs on the rendered message
+and every string field: an API key (``hsk_...``), a bearer token or an ``X-API-Key``
+value that slipped into a message comes out as ``[redacted]``; the access log
+records the key's id, which is not a secret.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from datetime import datetime, timezone
+
+from hsops.serving.auth import KEY_LIKE
+
+_BEARER = re.compile(r"(?i)(bearer\s+|x-api-key[\"']?\s*[:=]\s*[\"']?)[^\s\"',;]+")
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+REDACTED = "[redacted]"
+
+
+def redact(text: str) -> str:
+    return _BEARER.sub(lambda m: m.group(1) + REDACTED, KEY_LIKE.sub(REDACTED, text))
+
+
+class RedactingFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        record.msg, record.args = redact(message), ()
+        for name, value in list(vars(record).items()):
+            if name not in _STANDARD and isinstance(value, str):
+                setattr(record, name, redact(value))
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+               "level": record.levelname.lower(), "logger": record.name, "message": record.getMessage()}
+        for name, value in vars(record).items():
+            if name not in _STANDARD and not name.startswith("_"):
+                out[name] = value
+        if record.exc_info:
+            out["exception"] = redact(self.formatException(record.exc_info))
+        return json.dumps(out, default=str, ensure_ascii=False)
+
+
+def configure_logging(*, json_logs: bool = True, level: int = logging.INFO, stream=None) -> logging.Handler:
+    """Route the ``hsops`` and ``uvicorn`` loggers to one handler on ``stream`` (stderr),
+    redacted, as JSON or as plain lines. Returns the handler (tests read through it)."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.addFilter(RedactingFilter())
+    handler.setFormatter(JsonFormatter() if json_logs else logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    for name in ("hsops", "uvicorn", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        for old in [h for h in logger.handlers if getattr(h, "_hsops", False)]:
+            logger.removeHandler(old)
+        handler._hsops = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = False
+    logging.getLogger("uvicorn.access").disabled = True  # our access log carries the request id
+    return handler
