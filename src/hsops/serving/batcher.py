@@ -85,6 +85,7 @@ class MicroBatcher:
         future: concurrent.futures.Future = concurrent.futures.Future()
         with self._cond:
             if not self._accepting:
+                metrics.SHED.labels("draining").inc()
                 raise Overloaded("draining", "this replica is shutting down; retry", 1.0)
             if background:
                 self._background.append(_Item(predictor, list(texts), top_k, explain, future, True))

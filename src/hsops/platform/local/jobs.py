@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import secrets
 import shutil
 import tempfile
@@ -66,7 +67,7 @@ def callback_secret(home: Path) -> bytes:
         tmp.write_text(secrets.token_hex(32), encoding="ascii")
         tmp.chmod(0o600)
         try:
-            tmp.link(path)  # first writer wins; the others read its secret
+            os.link(tmp, path)  # first writer wins; the others read its secret
         except FileExistsError:
             pass
         tmp.unlink()
