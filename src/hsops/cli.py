@@ -401,8 +401,14 @@ def _rows_seen_in_training(home: Path, dataset_version: Optional[str], texts: li
 def predict(texts: list[str] = typer.Argument(..., help="one or more product descriptions"),
             model: str = typer.Option("champion", help="champion, challenger or NAME@VERSION"),
             top_k: int = typer.Option(3, min=1, max=20), explain: bool = typer.Option(False),
+            server: Optional[str] = typer.Option(None, help="ask a running server (http://127.0.0.1:8000) "
+                                                 "instead of loading the model here; it serves its own model"),
+            async_: bool = typer.Option(False, "--async", help="with --server: submit an async job and poll it"),
+            key: Optional[str] = typer.Option(None, envvar="HSOPS_API_KEY", help="API key for --server "
+                                              "(or HSOPS_API_KEY)"),
             as_json: bool = typer.Option(False, "--json")):
-    """Predict HS codes for descriptions with a registered model (no server needed)."""
+    """Predict HS codes for descriptions with a registered model (no server needed), or
+    through a server's real-time or async API (``--server``, ``--async``)."""
     from hsops.data.validation import check_text
     from hsops.models.artifact import ArtifactError
     from hsops.registry.index import ModelNotFound
@@ -411,6 +417,17 @@ def predict(texts: list[str] = typer.Argument(..., help="one or more product des
     for i, text in enumerate(texts):
         if check_text(text)[0] is None:
             _fail(f"description {i}: {check_text(text)[2]}")
+    if async_ and server is None:
+        _fail("--async needs --server URL (async jobs run in a server)")
+    if server is not None:
+        from hsops.cli_serving import remote_predict
+
+        items = remote_predict(server, list(texts), top_k=top_k, explain=explain, use_async=async_, key=key)
+        if as_json:
+            _emit_json([{"description": t, **item} for t, item in zip(texts, items)])
+        else:
+            console.print(predictions_table(list(texts), items))
+        return
     try:
         predictor = Predictor.from_registry(hsops_home(), model)
     except (ModelNotFound, ArtifactError) as exc:

@@ -276,6 +276,47 @@ def jobs_cancel(job_id: str = typer.Argument(...)):
     console.print(f"{job_id}: {job['status']}")
 
 
+# -- the HTTP API as a client ----------------------------------------------------------------
+def remote_predict(server: str, texts: list[str], *, top_k: int, explain: bool, use_async: bool,
+                   key: str | None, timeout: float = 600.0) -> list[dict]:
+    """Predictions from a running server: ``POST /v1/predict``, or with ``use_async`` a job
+    from ``POST /v1/predict/async`` polled at ``GET /v1/jobs/{id}`` until it ends."""
+    import httpx
+
+    base = server.rstrip("/")
+    if not base.startswith(("http://", "https://")):
+        _fail(f"--server must be an http(s) URL, got {server!r}")
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    body = {"descriptions": texts, "top_k": top_k, "explain": explain}
+
+    def answer(response: httpx.Response, expected: int) -> dict:
+        if response.status_code != expected:
+            try:
+                message = response.json().get("message", response.text)
+            except ValueError:
+                message = response.text[:300]
+            _fail(f"{response.request.method} {response.request.url.path}: HTTP {response.status_code}: {message}")
+        return response.json()
+
+    try:
+        with httpx.Client(base_url=base, headers=headers, timeout=60) as client:
+            if not use_async:
+                return answer(client.post("/v1/predict", json=body), 200)["predictions"]
+            job = answer(client.post("/v1/predict/async", json=body), 202)
+            err.print(f"job {job['job_id']} submitted; polling {job['links']['self']}")
+            deadline = time.monotonic() + timeout
+            while job["status"] in ("queued", "running"):
+                if time.monotonic() > deadline:
+                    _fail(f"job {job['job_id']} still {job['status']} after {timeout:.0f}s")
+                time.sleep(0.2)
+                job = answer(client.get(f"/v1/jobs/{job['job_id']}"), 200)
+            if job["status"] != "succeeded":
+                _fail(f"job {job['job_id']} {job['status']}: {job.get('error')}")
+            return job["result"]["predictions"]
+    except httpx.HTTPError as exc:
+        _fail(f"cannot reach {base}: {exc}")
+
+
 # -- invoke (the Lambda-style handler) ------------------------------------------------------
 def invoke(event: Optional[Path] = typer.Option(None, help="an API Gateway proxy event (JSON file)"),
            describe: list[str] = typer.Option([], "--describe", help="build a POST /v1/predict event for "

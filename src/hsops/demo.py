@@ -62,8 +62,7 @@ def start_server(home: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = {**os.environ, "HSOPS_HOME": str(home)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "hsops.platform.local.server:app_from_env",
-         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+        [sys.executable, "-m", "hsops.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -82,9 +81,9 @@ def start_server(home: Path) -> tuple[subprocess.Popen, str]:
 
 def stop_server(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
-        proc.terminate()
+        proc.terminate()  # `hsops serve` drains its replicas and exits
         try:
-            proc.wait(timeout=15)
+            proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()

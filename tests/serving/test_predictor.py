@@ -145,6 +145,7 @@ def test_prediction_is_frozen_and_serialisable(predictor):
     with pytest.raises(dataclasses.FrozenInstanceError):
         p.hs_code = "000000"
     assert json.loads(json.dumps(p.to_dict()))["hs_code"] == "392410"
+    assert p.to_dict() == dataclasses.asdict(p)  # the hand-written to_dict misses no field
 
 
 # -- refusing bad artifacts --------------------------------------------------------------------

@@ -159,6 +159,19 @@ def test_every_pattern_gives_the_same_answers(serve, registered, monkeypatch):
         assert [r["text"] for r in records] == PROBES
         assert answers(records) == expected
 
+    # the same patterns from the command line, as a client of the server
+    from tests.e2e._cli import run
+
+    for extra in ([], ["--async", "--key", key["authorization"].split()[1]]):
+        out = run(["predict", *PROBES, "--top-k", "3", "--server", server.url, "--json", *extra], registered)
+        assert answers(json.loads(out.stdout)) == expected, extra
+    refused = run(["predict", PROBES[0], "--server", server.url, "--async"], registered, check=False)
+    assert refused.returncode != 0 and "401" in refused.stderr  # async needs a key
+    batch_out = registered / "batch.jsonl"
+    (registered / "probes.txt").write_text("\n".join(PROBES) + "\n", encoding="utf-8")
+    run(["batch", str(registered / "probes.txt"), "--top-k", "3", "--out", str(batch_out)], registered)
+    assert answers([json.loads(line) for line in batch_out.read_text().splitlines()]) == expected
+
     # the Lambda-style handler, on an API Gateway HTTP API event, in this process
     from hsops.serving import lambda_handler
 
