@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 NPM_TOOLS := tools/npm/node_modules/.installed
 
-.PHONY: install demo test test-fast bench bench-models bench-pipeline clean
+.PHONY: install demo test test-fast bench bench-models bench-pipeline bench-serving clean
 
 install: $(STAMP) $(NPM_TOOLS)
 
@@ -49,6 +49,12 @@ bench-models: $(STAMP)
 # challenger is deployed; executor overhead per transition; worker cold start; cost by state
 bench-pipeline: $(STAMP)
 	$(BIN)/python benchmarks/bench_pipeline.py
+
+# `hsops serve` under open- and closed-loop load from a second process, cold start, memory
+# per replica, a 5-minute soak, and `mlflow models serve` on the same model (about 15
+# minutes; needs a champion in HSOPS_HOME). A short run: bench_serving.py --quick
+bench-serving: $(STAMP)
+	$(BIN)/python benchmarks/bench_serving.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info tools/npm/node_modules
