@@ -112,7 +112,7 @@ def create_app(predictor_source: Callable[[], Predictor], sink: PredictionSink |
     b = config.batching
     batcher = batcher or MicroBatcher(max_batch=b.max_batch, max_wait_s=b.max_wait_ms / 1000,
                                       max_queue=b.max_queue, queue_timeout_s=b.queue_timeout_ms / 1000)
-    state = state or ServingState()
+    state = state or ServingState(max_in_flight=b.max_in_flight)
     authenticator = Authenticator(keys, cache_seconds=config.auth.key_cache_seconds)
     limiter = RateLimiter(config.auth.rate_limit_per_key, config.auth.rate_burst)
 
@@ -168,7 +168,8 @@ def create_app(predictor_source: Callable[[], Predictor], sink: PredictionSink |
         request_id = request_id_of(request)
         predictor = _current(predictor_source)
         note(request, predictor, len(body.descriptions))
-        future = batcher.submit(predictor, body.descriptions, body.top_k, body.explain)
+        future = batcher.submit(predictor, body.descriptions, body.top_k, body.explain,
+                                arrived=request.scope.get("state", {}).get("arrived"))
         try:
             predictions = await asyncio.wrap_future(future)
         except Overloaded:

@@ -48,7 +48,7 @@ MODEL_LOADED = Gauge("hsops_model_loaded", "1 for each model version a replica s
                      ["model", "variant"], registry=REGISTRY, multiprocess_mode="liveall")
 MODEL_LOADS = Counter("hsops_model_loads", "Model loads by outcome (a refused artifact keeps the old model)",
                       ["outcome"], registry=REGISTRY)
-SHED_REASONS = ("queue_full", "queue_timeout", "rate_limited", "draining")
+SHED_REASONS = ("queue_full", "queue_timeout", "in_flight", "rate_limited", "draining")
 for _reason in SHED_REASONS:  # every reason exported from the start, at 0: a rate needs a baseline
     SHED.labels(_reason)
 

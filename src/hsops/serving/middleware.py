@@ -7,7 +7,16 @@ however many ids clients send.
 
 While a replica drains (``state.draining``, set when it is told to stop), every
 response carries ``Connection: close`` so keep-alive clients move to another replica
-before this one closes its connections.
+before this one closes its connections. The same header on ``state.close_next``
+responses moves a few clients off a replica that is much busier than another one
+(``serving.replica_server.heartbeat`` decides): replicas share one listening socket,
+and a client pool that connects all at once otherwise lands on whichever replica
+woke first, for as long as its connections live.
+
+Admission control: past ``state.max_in_flight`` requests in this replica, a
+prediction call is answered 503 with ``Retry-After`` at once, before its body is read.
+Under an open-loop overload the backlog builds up in the event loop, ahead of the
+model queue, where the micro-batcher's own limits cannot see it.
 """
 
 from __future__ import annotations
@@ -22,12 +31,17 @@ from hsops.serving import metrics
 log = logging.getLogger("hsops.serving.access")
 
 
+SHEDDABLE = frozenset({"/v1/predict", "/v1/predict/async", "/v1/batch"})
+
+
 class ServingState:
     """Flags shared between the replica's lifecycle and the request path."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_in_flight: int = 0) -> None:
         self.draining = False
         self.in_flight = 0
+        self.max_in_flight = max_in_flight  # 0: no admission limit
+        self.close_next = 0  # responses still to send with Connection: close (rebalancing)
 
 
 class AccessLog:
@@ -40,6 +54,7 @@ class AccessLog:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started = time.perf_counter()
+        scope.setdefault("state", {})["arrived"] = time.monotonic()  # queue timeouts count from here
         status = {"code": 500}
         state = self.state
 
@@ -48,11 +63,23 @@ class AccessLog:
                 status["code"] = message["status"]
                 if state.draining:
                     MutableHeaders(scope=message)["connection"] = "close"
+                elif state.close_next > 0:
+                    state.close_next -= 1
+                    MutableHeaders(scope=message)["connection"] = "close"
             await send(message)
 
+        app = self.app
+        if (state.max_in_flight and state.in_flight >= state.max_in_flight and scope.get("method") == "POST"
+                and scope.get("path") in SHEDDABLE):
+            from hsops.serving.errors import error_response
+
+            metrics.SHED.labels("in_flight").inc()
+            app = error_response(None, 503, "overloaded", f"this replica holds {state.in_flight} requests, its "
+                                 "limit; retry after the Retry-After seconds", [{"reason": "in_flight"}],
+                                 {"Retry-After": "1"})
         state.in_flight += 1
         try:
-            await self.app(scope, receive, send_wrapper)
+            await app(scope, receive, send_wrapper)
         finally:
             state.in_flight -= 1
             elapsed = time.perf_counter() - started

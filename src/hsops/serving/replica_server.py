@@ -51,23 +51,64 @@ class DrainingServer(uvicorn.Server):
         return await super().on_tick(counter)
 
 
+class Balance:
+    """Each replica's CPU share over the last heartbeat, from the scoreboard; how many of
+    this replica's clients to move (``Connection: close``) when it is much busier than
+    another ready replica. A client told to close reconnects, and the connection is
+    accepted by whichever replica's event loop is free first: the idle one."""
+
+    BUSY = 0.5  # CPU share under which a replica is not worth unloading
+
+    def __init__(self, board: Scoreboard, slot: int):
+        self.board, self.slot = board, slot
+        self._last: dict[int, tuple[float, float, int]] = {}  # slot -> (time, cpu seconds, pid)
+
+    def shares(self, now: float) -> dict[int, float]:
+        out = {}
+        for slot in range(self.board.slots):
+            entry = self.board.read(slot)
+            if not entry.pid or not entry.ready or entry.drain:
+                self._last.pop(slot, None)
+                continue
+            last = self._last.get(slot)
+            if last is not None and last[2] == entry.pid and now > last[0]:
+                out[slot] = max(0.0, (entry.cpu_seconds - last[1]) / (now - last[0]))
+            self._last[slot] = (now, entry.cpu_seconds, entry.pid)
+        return out
+
+    def to_move(self, now: float, in_flight: int) -> int:
+        shares = self.shares(now)
+        mine = shares.pop(self.slot, 0.0)
+        if mine < self.BUSY or not shares:
+            return 0
+        least = min(shares.values())
+        if least > mine / 2:
+            return 0
+        # move about the share of clients that would even the two out
+        return max(1, min(16, round(in_flight * (mine - least) / (2 * mine))))
+
+
 def heartbeat(board: Scoreboard, slot: int, state: ServingState, batcher, server: DrainingServer,
               stop: threading.Event, interval: float = 0.25) -> None:
-    """Write this replica's numbers into its slot until ``stop``; obey the drain flag."""
+    """Write this replica's numbers into its slot until ``stop``; obey the drain flag;
+    move clients to a much less busy replica."""
     last_rss = 0.0
+    balance = Balance(board, slot)
     while not stop.wait(interval):
         entry = board.read(slot)
         if entry.drain and not server.drain_requested:
             server.drain_requested = True
         now = time.monotonic()
         values = {"heartbeat": time.time(), "busy_seconds": batcher.busy_seconds, "queued": batcher.queued,
-                  "in_flight": state.in_flight, "requests": batcher.calls}
+                  "in_flight": state.in_flight, "requests": batcher.calls, "cpu_seconds": time.process_time()}
         if now - last_rss > 2.0:
             rss = resident_bytes()
             values["rss_bytes"] = rss
             metrics.REPLICA_RSS.set(rss)
             last_rss = now
         board.write(slot, **values)
+        if not state.draining:
+            state.close_next = max(state.close_next, balance.to_move(now, state.in_flight))
 
 
 def serve_on_socket(app, sock: socket.socket, state: ServingState, *, drain_seconds: float,

@@ -4,7 +4,7 @@ Requests reach replicas through one shared listening socket, so the supervisor c
 ask a replica how busy it is over HTTP (the question would land on any replica).
 Instead each replica owns one slot of a small memory-mapped file and rewrites it a few
 times a second: its pid, whether it is ready, a heartbeat, the seconds its model thread
-has spent predicting (the supervisor differentiates it into utilisation), the
+has spent predicting (the supervisor differentiates it into utilisation) and its CPU seconds, the
 descriptions waiting, requests in flight and resident memory. The supervisor writes
 one flag back: drain. A slot is a fixed array of float64, so a reader never needs a
 lock: a torn read of one value can only mix an old and a new heartbeat, which the next
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 FIELDS = ("pid", "ready", "heartbeat", "busy_seconds", "queued", "in_flight", "rss_bytes", "drain",
-          "requests", "started")
+          "requests", "started", "cpu_seconds")
 _SLOT = struct.Struct(f"<{len(FIELDS)}d")
 _VALUE = struct.Struct("<d")
 _OFFSET = {name: i * _VALUE.size for i, name in enumerate(FIELDS)}
@@ -38,6 +38,7 @@ class Slot:
     drain: bool
     requests: int
     started: float
+    cpu_seconds: float  # the replica process's CPU time (event loop and model thread)
 
 
 class Scoreboard:
@@ -54,7 +55,8 @@ class Scoreboard:
         values = _SLOT.unpack_from(self._map, slot * _SLOT.size)
         v = dict(zip(FIELDS, values))
         return Slot(int(v["pid"]), v["ready"] > 0, v["heartbeat"], v["busy_seconds"], int(v["queued"]),
-                    int(v["in_flight"]), int(v["rss_bytes"]), v["drain"] > 0, int(v["requests"]), v["started"])
+                    int(v["in_flight"]), int(v["rss_bytes"]), v["drain"] > 0, int(v["requests"]), v["started"],
+                    v["cpu_seconds"])
 
     def write(self, slot: int, **values) -> None:
         """Each value on its own 8 bytes: the replica and the supervisor write different

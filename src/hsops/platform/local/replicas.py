@@ -47,6 +47,7 @@ class _Replica:
     cold_start_s: float | None = None
     draining: bool = False
     last_busy: float = 0.0
+    last_cpu: float = 0.0
     last_seen: float = field(default_factory=time.monotonic)
     utilization: float = 0.0
 
@@ -200,8 +201,12 @@ class ReplicaSupervisor:
                 self.cold_starts.append(rep.cold_start_s)
                 self._event("ready", slot=rep.slot, pid=rep.proc.pid, cold_start_ms=round(1000 * rep.cold_start_s))
             dt = max(1e-6, now - rep.last_seen)
-            rep.utilization = min(1.0, max(0.0, (entry.busy_seconds - rep.last_busy) / dt))
-            rep.last_busy, rep.last_seen = entry.busy_seconds, now
+            # the busier of the model thread and the whole process: with small requests
+            # the event loop (HTTP, validation) saturates before the model thread does
+            model = (entry.busy_seconds - rep.last_busy) / dt
+            cpu = (entry.cpu_seconds - rep.last_cpu) / dt if rep.last_cpu else 0.0
+            rep.utilization = min(1.0, max(0.0, model, cpu))
+            rep.last_busy, rep.last_cpu, rep.last_seen = entry.busy_seconds, entry.cpu_seconds, now
             code = rep.proc.poll()
             if code is not None:
                 with self._lock:
