@@ -79,9 +79,11 @@ class MicroBatcher:
         return self._queued
 
     def submit(self, predictor, texts: list[str], top_k: int = 5, explain: bool = False, *,
-               background: bool = False) -> concurrent.futures.Future:
+               background: bool = False, arrived: float | None = None) -> concurrent.futures.Future:
         """A future of ``list[Prediction]``; raises ``Overloaded`` when the queue is full.
-        ``background`` work (jobs) waits for a moment with no real-time request."""
+        ``background`` work (jobs) waits for a moment with no real-time request.
+        ``arrived`` (``time.monotonic()``): when the request reached the server, so the
+        queue timeout counts the time it spent before the queue too."""
         future: concurrent.futures.Future = concurrent.futures.Future()
         with self._cond:
             if not self._accepting:
@@ -96,7 +98,10 @@ class MicroBatcher:
                 metrics.SHED.labels("queue_full").inc()
                 raise Overloaded("queue_full", f"the model queue is full ({self._queued} descriptions "
                                  "waiting); retry after the Retry-After seconds", self._retry_after())
-            self._items.append(_Item(predictor, list(texts), top_k, explain, future))
+            item = _Item(predictor, list(texts), top_k, explain, future)
+            if arrived is not None:
+                item.enqueued = min(item.enqueued, arrived)
+            self._items.append(item)
             self._queued += len(texts)
             metrics.QUEUE_DEPTH.set(self._queued)
             self._start()
@@ -148,7 +153,9 @@ class MicroBatcher:
                 if (self._items and self._merged > 1.5 and self._queued < self.max_batch
                         and self.max_wait_s > 0):
                     deadline = self._items[0].enqueued + self.max_wait_s
-                    while self._queued < self.max_batch and (left := deadline - time.monotonic()) > 0:
+                    # close() ends the wait: a draining replica answers what it holds now
+                    while (not self._stopped and self._queued < self.max_batch
+                           and (left := deadline - time.monotonic()) > 0):
                         self._cond.wait(left)
                 batch = self._take()
             self._answer(batch)

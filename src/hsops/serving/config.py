@@ -40,6 +40,7 @@ class Batching:
     max_wait_ms: float = 2.0  # how long a batch may wait to fill, only while under load
     max_queue: int = 4096  # descriptions waiting per replica; past it: 503 + Retry-After
     queue_timeout_ms: float = 2000.0  # a request waiting longer is shed (503), not served late
+    max_in_flight: int = 512  # prediction requests held by one replica; past it: 503 at once (0: no limit)
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,16 @@ class ServingConfig:
             raise ConfigError("replicas: need 0 < scale_down_utilization < scale_up_utilization <= 1")
         if b.max_batch < 1 or b.max_queue < b.max_batch:
             raise ConfigError(f"batching: need 1 <= max_batch <= max_queue, got {b.max_batch}, {b.max_queue}")
+        # a zero here would refuse every request (413/422), shed every one (no wait is
+        # short enough), or leave jobs queued forever: a typo, never a setting
+        positive = {f"limits.{f.name}": getattr(self.limits, f.name) for f in dataclasses.fields(self.limits)}
+        positive.update({"batching.queue_timeout_ms": b.queue_timeout_ms, "jobs.runners": self.jobs.runners,
+                         "jobs.chunk_rows": self.jobs.chunk_rows, "jobs.lease_seconds": self.jobs.lease_seconds,
+                         "jobs.callback_attempts": self.jobs.callback_attempts,
+                         "jobs.callback_timeout_s": self.jobs.callback_timeout_s})
+        for name, value in positive.items():
+            if not value > 0:
+                raise ConfigError(f"{name}: must be more than 0, got {value!r}")
         if self.limits.max_items > b.max_queue:
             raise ConfigError("limits.max_items cannot exceed batching.max_queue: such a request could never run")
         for origin in self.cors_origins:
