@@ -118,6 +118,7 @@ def create_app(predictor_source: Callable[[], Predictor], sink: PredictionSink |
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
+        batcher.open()  # startup undoes a previous shutdown (the lifespan may run more than once)
         yield
         batcher.close()  # answer what is queued, then stop the model thread
 

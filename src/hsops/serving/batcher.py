@@ -204,7 +204,15 @@ class MicroBatcher:
                 item.future.set_result(predictions[start:start + len(item.texts)])
                 start += len(item.texts)
 
-    # -- stopping ------------------------------------------------------------------------
+    # -- starting and stopping -------------------------------------------------------------
+    def open(self) -> None:
+        """Accept work again after ``close()``: an ASGI server may run the app's lifespan
+        more than once (test clients do), and each startup must undo the last shutdown."""
+        with self._cond:
+            self._accepting, self._stopped = True, False
+            if self._thread is not None and not self._thread.is_alive():
+                self._thread = None  # the next submit starts a new model thread
+
     def close(self, timeout: float = 30.0) -> None:
         """Refuse new work, answer what is queued, stop the thread."""
         with self._cond:

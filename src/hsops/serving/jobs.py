@@ -61,7 +61,10 @@ def output_record(row: int, text: str | None, prediction: dict | None, error: st
         return {"row": row, "text": text, "error": error}
     keep = ("hs_code", "hs_description", "in_hs2022", "confidence", "abstain", "level", "heading",
             "alternatives", "model_version", "request_id")
-    return {"row": row, "text": text, **{k: prediction[k] for k in keep if k in prediction}}
+    record = {"row": row, "text": text, **{k: prediction[k] for k in keep if k in prediction}}
+    if prediction.get("explanation") is not None:  # asked for (async ``explain``): keep it
+        record["explanation"] = prediction["explanation"]
+    return record
 
 
 def read_descriptions(path: Path, *, text_column: str | None, max_rows: int,

@@ -53,35 +53,60 @@ def _load_app():
     return _APP
 
 
+def _object(value, what: str) -> dict:
+    """An event part that must be a JSON object (absent or null: empty). Checked, because a
+    malformed event must be a 400 answer, never an AttributeError out of the handler."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise EventError(f"the event's {what} must be an object, got {type(value).__name__}")
+    return value
+
+
+def _values(value, what: str) -> list:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise EventError(f"the event's {what} must be a list, got {type(value).__name__}")
+    return value
+
+
 def to_scope(event: dict) -> tuple[dict, bytes]:
     """The ASGI HTTP scope and body of an API Gateway proxy event."""
     if not isinstance(event, dict):
         raise EventError(f"the event must be a JSON object, got {type(event).__name__}")
     if event.get("version") == "2.0" or "rawPath" in event:
-        http = (event.get("requestContext") or {}).get("http") or {}
+        http = _object(_object(event.get("requestContext"), "requestContext").get("http"), "requestContext.http")
         method, path = http.get("method"), event.get("rawPath")
-        query = (event.get("rawQueryString") or "").encode("latin-1", "replace")
-        headers = [(str(k).lower(), str(v)) for k, v in (event.get("headers") or {}).items()]
+        raw_query = event.get("rawQueryString") or ""
+        if not isinstance(raw_query, str):
+            raise EventError("the event's rawQueryString must be a string")
+        query = raw_query.encode("latin-1", "replace")
+        headers = [(str(k).lower(), str(v)) for k, v in _object(event.get("headers"), "headers").items()]
         if event.get("cookies"):
-            headers.append(("cookie", "; ".join(event["cookies"])))
+            headers.append(("cookie", "; ".join(str(c) for c in _values(event["cookies"], "cookies"))))
         source_ip = http.get("sourceIp")
     elif "httpMethod" in event:
         method, path = event.get("httpMethod"), event.get("path")
-        multi = event.get("multiValueQueryStringParameters") or {}
-        single = event.get("queryStringParameters") or {}
-        pairs = [(k, v) for k, vs in multi.items() for v in (vs or [])] or list(single.items())
+        multi = _object(event.get("multiValueQueryStringParameters"), "multiValueQueryStringParameters")
+        single = _object(event.get("queryStringParameters"), "queryStringParameters")
+        pairs = ([(k, v) for k, vs in multi.items() for v in _values(vs, f"query parameter {k!r}")]
+                 or list(single.items()))
         query = urlencode(pairs).encode()
-        multi_headers = event.get("multiValueHeaders") or {}
-        headers = [(str(k).lower(), str(v)) for k, vs in multi_headers.items() for v in (vs or [])]
+        multi_headers = _object(event.get("multiValueHeaders"), "multiValueHeaders")
+        headers = [(str(k).lower(), str(v)) for k, vs in multi_headers.items()
+                   for v in _values(vs, f"multiValueHeaders {k!r}")]
         if not headers:
-            headers = [(str(k).lower(), str(v)) for k, v in (event.get("headers") or {}).items()]
-        source_ip = ((event.get("requestContext") or {}).get("identity") or {}).get("sourceIp")
+            headers = [(str(k).lower(), str(v)) for k, v in _object(event.get("headers"), "headers").items()]
+        context = _object(event.get("requestContext"), "requestContext")
+        source_ip = _object(context.get("identity"), "requestContext.identity").get("sourceIp")
     else:
         raise EventError("not an API Gateway proxy event: expected 'rawPath' (HTTP API, payload 2.0) "
                          "or 'httpMethod' (REST API, payload 1.0)")
     if not isinstance(method, str) or not isinstance(path, str) or not path.startswith("/"):
         raise EventError("the event lacks a method or an absolute path")
-    body = event.get("body") or ""
+    body = event.get("body")
+    body = "" if body is None else body  # not `or ""`: an empty list or 0 is a bad body, not none
     if not isinstance(body, str):
         raise EventError("the event body must be a string")
     try:
@@ -163,6 +188,9 @@ def reset() -> None:
     """Forget the app (tests build a new one per home)."""
     global _APP, _LOOP
     with _LOCK:
+        runtime = getattr(getattr(_APP, "state", None), "runtime", None)
+        if runtime is not None:
+            runtime.stop()  # its model thread, log writer and database handles
         if _LOOP is not None:
             _LOOP.close()
         _APP, _LOOP = None, None

@@ -27,14 +27,33 @@ def redact(text: str) -> str:
     return _BEARER.sub(lambda m: m.group(1) + REDACTED, KEY_LIKE.sub(REDACTED, text))
 
 
+def _scrub(value):
+    """``value`` with every string in it redacted, looking inside dicts, lists and tuples
+    (an ``extra`` field may be a structure, e.g. request headers)."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {_scrub(k): _scrub(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_scrub(v) for v in value]
+    return value
+
+
 class RedactingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         record.msg, record.args = redact(message), ()
         for name, value in list(vars(record).items()):
-            if name not in _STANDARD and isinstance(value, str):
-                setattr(record, name, redact(value))
+            if name not in _STANDARD:
+                setattr(record, name, _scrub(value))
         return True
+
+
+class RedactingFormatter(logging.Formatter):
+    """Plain lines, redacted whole: the traceback of an exception is text the filter never sees."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
 
 
 class JsonFormatter(logging.Formatter):
@@ -46,7 +65,8 @@ class JsonFormatter(logging.Formatter):
                 out[name] = value
         if record.exc_info:
             out["exception"] = redact(self.formatException(record.exc_info))
-        return json.dumps(out, default=str, ensure_ascii=False)
+        # default: any other object is logged as its text, redacted like the rest
+        return json.dumps(out, default=lambda o: redact(str(o)), ensure_ascii=False)
 
 
 def configure_logging(*, json_logs: bool = True, level: int = logging.INFO, stream=None) -> logging.Handler:
@@ -54,7 +74,7 @@ def configure_logging(*, json_logs: bool = True, level: int = logging.INFO, stre
     redacted, as JSON or as plain lines. Returns the handler (tests read through it)."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.addFilter(RedactingFilter())
-    handler.setFormatter(JsonFormatter() if json_logs else logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(JsonFormatter() if json_logs else RedactingFormatter("%(levelname)s %(name)s: %(message)s"))
     for name in ("hsops", "uvicorn", "uvicorn.error"):
         logger = logging.getLogger(name)
         for old in [h for h in logger.handlers if getattr(h, "_hsops", False)]:

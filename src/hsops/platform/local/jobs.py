@@ -95,7 +95,9 @@ class LocalJobs:
         job_id = f"job-{secrets.token_hex(8)}"
         if kind == "async" or request.get("descriptions") is not None:
             texts = request.pop("descriptions")
-            data = "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts).encode()
+            # ASCII JSON: a lone surrogate (valid in a JSON string, not in UTF-8) is escaped,
+            # and its row then fails on its own instead of the submission failing with a 500
+            data = "".join(json.dumps({"text": t}) + "\n" for t in texts).encode()
             input_key = f"{PREFIX}/{job_id}/input.jsonl"
             self.backend.objects.put(input_key, data)
             request["text_column"] = "text"
@@ -147,7 +149,9 @@ class LocalJobs:
 
     def _async_result(self, job_id: str, output_key: str) -> dict:
         records = [json.loads(line) for line in self.backend.objects.get(output_key).splitlines() if line.strip()]
-        predictions = [{k: v for k, v in r.items() if k not in ("row", "text")} for r in records]
+        # the /v1/predict answer's shape: explanation is null unless it was asked for
+        predictions = [{"explanation": None, **{k: v for k, v in r.items() if k not in ("row", "text")}}
+                       for r in records]
         versions = [p["model_version"] for p in predictions if "model_version" in p]
         return {"request_id": job_id, "model_version": versions[0] if versions else None,
                 "predictions": predictions}
@@ -228,7 +232,11 @@ class LocalJobs:
         if finished:
             self.backend.events.ack(message)
         else:  # stopping: let another replica (or the next start) take it over
-            self.backend.events.nack(message, "replica stopped", delay=0.0)
+            # with a fresh message, not a nack: a nack counts as a failed delivery, and after
+            # max_receives graceful stops (deploys, scale-downs) the bus would bury the
+            # message and leave the job 'running' forever
+            self.backend.events.publish(JOB_QUEUE, {"job_id": job_id})
+            self.backend.events.ack(message)
 
     def run_now(self, job_id: str, predictor_source, batcher, sink=None) -> dict:
         """Run a job in this thread (``hsops batch``); its final state."""
@@ -309,7 +317,8 @@ class LocalJobs:
             size = batcher.max_batch
             for start in range(0, len(good), size):
                 texts = [text for _, text in good[start:start + size]]
-                predictions += batcher.submit(predictor, texts, request.get("top_k", 5), background=True).result()
+                predictions += batcher.submit(predictor, texts, request.get("top_k", 5),
+                                              bool(request.get("explain", False)), background=True).result()
         answered = iter(predictions)
         lines, logged, texts = [], [], []
         for row, text, problem in chunk:
