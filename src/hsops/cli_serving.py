@@ -126,14 +126,20 @@ def keys_revoke(key_id: str = typer.Argument(..., help="the key's id (hsk_<id>_.
 # -- batch and jobs -------------------------------------------------------------------------
 def _run_job(kind: str, request: dict, model: str, quiet: bool) -> dict:
     """Submit a job and run it here, through the same code a serving replica runs."""
+    from hsops.models.artifact import ArtifactError
     from hsops.platform.local.server import ServingRuntime
     from hsops.registry.index import ModelNotFound
 
-    runtime = ServingRuntime(hsops_home(), model, watch=False, run_jobs=False)
+    from hsops.serving.config import ConfigError
+
+    try:
+        runtime = ServingRuntime(hsops_home(), model, watch=False, run_jobs=False)
+    except ConfigError as exc:
+        _fail(f"serving config: {exc}")
     try:
         try:
             runtime.source()
-        except ModelNotFound as exc:
+        except (ModelNotFound, ArtifactError) as exc:  # no model, or one refused by its manifest
             _fail(str(exc))
         from hsops.serving.jobs import JobError
 
@@ -339,4 +345,10 @@ def invoke(event: Optional[Path] = typer.Option(None, help="an API Gateway proxy
                    "rawQueryString": "", "headers": {"content-type": "application/json"},
                    "requestContext": {"http": {"method": "POST", "path": "/v1/predict", "sourceIp": "127.0.0.1"}},
                    "body": json.dumps({"descriptions": describe, "top_k": top_k}), "isBase64Encoded": False}
-    _emit_json(handler(payload, None))
+    from hsops.serving.config import ConfigError
+
+    try:
+        response = handler(payload, None)
+    except ConfigError as exc:  # the app is built on the first event: serving.json is read then
+        _fail(f"serving config: {exc}")
+    _emit_json(response)

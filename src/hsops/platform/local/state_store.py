@@ -12,9 +12,13 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hsops._config import hsops_home
 from hsops._sqlite import SqliteDatabase
+
+if TYPE_CHECKING:  # serving is imported lazily below: the platform must not need it to start
+    from hsops.serving.auth import KeyRecord
 
 STATE_FILE = "state.db"
 
@@ -159,7 +163,7 @@ class StateStore:
                                     (model_version,)).fetchone()[0]
 
     # -- API keys (implements hsops.serving.auth.KeyStore) -------------------------------
-    def add_key(self, name: str, scopes) -> tuple[str, "KeyRecord"]:
+    def add_key(self, name: str, scopes) -> tuple[str, KeyRecord]:
         """Create a key; ``(plain key, record)``. The plain key is not kept anywhere."""
         from hsops.serving.auth import KeyRecord, check_scopes, new_key
 
@@ -174,7 +178,7 @@ class StateStore:
                          (key_id, name, secret_hash, ",".join(scopes), record.created_at))
         return plain, record
 
-    def get_key(self, key_id: str) -> "KeyRecord | None":
+    def get_key(self, key_id: str) -> KeyRecord | None:
         from hsops.serving.auth import KeyRecord
 
         row = self._conn().execute("SELECT * FROM api_keys WHERE key_id = ?", (key_id,)).fetchone()
@@ -183,7 +187,7 @@ class StateStore:
         return KeyRecord(row["key_id"], row["name"], row["secret_hash"], tuple(row["scopes"].split(",")),
                          row["created_at"], row["revoked_at"])
 
-    def list_keys(self) -> list["KeyRecord"]:
+    def list_keys(self) -> list[KeyRecord]:
         ids = [r[0] for r in self._conn().execute("SELECT key_id FROM api_keys ORDER BY created_at, key_id")]
         return [self.get_key(i) for i in ids]
 
