@@ -116,8 +116,12 @@ def keys_list(as_json: bool = typer.Option(False, "--json")):
 
 
 @keys_app.command("revoke")
-def keys_revoke(key_id: str = typer.Argument(..., help="the key's id (hsk_<id>_...)")):
+def keys_revoke(key_id: str = typer.Argument(..., help="the key's id, or the whole key hsk_<id>_<secret>")):
     """Revoke a key (servers stop accepting it within a few seconds)."""
+    from hsops.serving.auth import KEY_PATTERN
+
+    if (whole := KEY_PATTERN.match(key_id)) is not None:
+        key_id = whole.group(1)
     if not _state().revoke_key(key_id):
         _fail(f"no live key {key_id!r}")
     console.print(f"revoked {key_id}")
@@ -330,7 +334,7 @@ def invoke(event: Optional[Path] = typer.Option(None, help="an API Gateway proxy
            top_k: int = typer.Option(3, min=1, max=20)):
     """Run the Lambda-style handler(event, context) on an API Gateway event.
 
-    Prints the proxy response, as Lambda would return it."""
+    Prints the proxy response, as Lambda would return it; exits 1 when its status is 4xx/5xx."""
     from hsops.serving.lambda_handler import handler
 
     if (event is None) == (not describe):
@@ -352,3 +356,5 @@ def invoke(event: Optional[Path] = typer.Option(None, help="an API Gateway proxy
     except ConfigError as exc:  # the app is built on the first event: serving.json is read then
         _fail(f"serving config: {exc}")
     _emit_json(response)
+    if response.get("statusCode", 500) >= 400:  # printed as Lambda returns it; the exit code says it failed
+        raise typer.Exit(1)

@@ -61,6 +61,8 @@ def test_keys_create_list_revoke(home):
     assert after[created["key_id"]]["revoked_at"] is not None
     again = run(["keys", "revoke", created["key_id"]], home, check=False)
     assert again.returncode != 0 and "no live key" in again.stderr
+    whole = run(["keys", "revoke", shown[0]], home)  # the whole key works too; only its id is printed
+    assert shown[0].split("_")[1] in whole.stdout and shown[0] not in whole.stdout
 
 
 @pytest.mark.parametrize("args, fragment", [
@@ -178,7 +180,7 @@ def test_invoke_an_event_that_is_not_an_api_gateway_event(home, tmp_path):
     path = tmp_path / "not-an-event.json"
     path.write_text(json.dumps({"hello": "world"}), encoding="utf-8")
     proc = run(["invoke", "--event", str(path)], home, check=False)
-    assert "Traceback" not in proc.stderr
+    assert "Traceback" not in proc.stderr and proc.returncode == 1  # the exit code says it failed
     response = json.loads(proc.stdout)
     assert response["statusCode"] == 400 and json.loads(response["body"])["error"] == "bad_event"
 

@@ -293,6 +293,19 @@ def test_a_stopped_job_is_not_used_up_by_repeated_restarts(env):
     assert [r["text"] for r in env.records(done)] == texts
 
 
+def test_a_job_whose_runners_keep_dying_fails_with_the_reason(env):
+    """Runners that vanish mid-job (their lease runs out) three times: the bus buries the
+    message, and the job is failed with that reason instead of staying 'running'."""
+    job = env.jobs().submit("batch", {"descriptions": GOOD[:2]})
+    for _ in range(3):  # claimed, never settled, lease gone at once: a runner killed -9
+        assert env.backend.events.receive(JOB_QUEUE, visibility_timeout=0, max_receives=3)
+    assert env.backend.events.receive(JOB_QUEUE, visibility_timeout=0, max_receives=3) == []  # buried now
+    jobs = env.jobs()
+    jobs._fail_buried()
+    failed = jobs.get(job["job_id"])
+    assert failed["status"] == "failed" and "dead-lettered" in failed["error"], failed
+
+
 def test_cancel_a_queued_job(env):
     jobs = env.jobs()
     job = jobs.submit("batch", {"descriptions": GOOD[:3]})

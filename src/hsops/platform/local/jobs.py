@@ -187,8 +187,11 @@ class LocalJobs:
             thread.join(timeout)
 
     def _runner(self, predictor_source, batcher, sink) -> None:
-        idle = 0.2
+        idle, swept = 0.2, 0.0
         while not self._stop.is_set():
+            if time.monotonic() - swept > 5.0:
+                swept = time.monotonic()
+                self._fail_buried()
             try:
                 messages = self.backend.events.receive(JOB_QUEUE, visibility_timeout=self.config.lease_seconds,
                                                        max_receives=self.max_receives)
@@ -202,6 +205,22 @@ class LocalJobs:
             idle = 0.2
             for message in messages:
                 self.run_message(message, predictor_source, batcher, sink)
+
+    def _fail_buried(self) -> None:
+        """A job whose message the bus buried on its own (its runners kept dying: the lease
+        ran out ``max_receives`` times) is failed with that reason, not left running."""
+        try:
+            for letter in self.backend.events.dead_letters(JOB_QUEUE):
+                job_id = letter.body.get("job_id")
+                with self.state.db.transaction() as conn:
+                    changed = conn.execute(
+                        "UPDATE jobs SET status = 'failed', ended_at = ?, error = ? WHERE job_id = ? "
+                        "AND status IN ('queued', 'running')", (_now(), f"dead-lettered: {letter.error}", job_id))
+                if changed.rowcount:
+                    metrics.JOBS.labels(self._row(job_id)["kind"], "failed").inc()
+                    self._call_back(job_id)
+        except Exception:  # noqa: BLE001 - retried at the next sweep
+            log.exception("could not fail dead-lettered jobs")
 
     def run_message(self, message, predictor_source, batcher, sink) -> None:
         job_id = message.body.get("job_id")
