@@ -170,7 +170,7 @@ def test_a_failing_migration_leaves_the_old_schema(home, store, monkeypatch):
             StateStore()
     reopened = StateStore()
     try:
-        assert reopened.schema_version == 1
+        assert reopened.schema_version == len(module.MIGRATIONS)  # the failed one not counted
         with closing(sqlite3.connect(reopened.path)) as conn:
             assert conn.execute("SELECT COUNT(*) FROM sqlite_master WHERE name='ok_table'").fetchone()[0] == 0
     finally:
