@@ -142,6 +142,17 @@ async def _connect(port: int) -> _Connection:
     return conn
 
 
+async def _send(conn: _Connection | None, port: int, payload: bytes, timeout: float) -> tuple:
+    """``(connection to reuse or None, status)``: on ``conn`` if it is still open, else on
+    a new one; a refused connection is status 0."""
+    try:
+        if conn is None or not conn.alive:
+            conn = await _connect(port)
+        return conn, await conn.request(payload, timeout)
+    except OSError:
+        return None, 0
+
+
 async def _open_loop(port, payloads, rate, seconds, timeout, max_connections=2000) -> _Records:
     """Requests at fixed times start + i / rate, whatever the answers do; a request with no
     idle connection opens one (up to ``max_connections``, then it waits for one, and the
@@ -157,13 +168,7 @@ async def _open_loop(port, payloads, rate, seconds, timeout, max_connections=200
         records.lag.append(loop.time() - scheduled)
         records.in_flight += 1
         records.peak_in_flight = max(records.peak_in_flight, records.in_flight)
-        conn = await pool.get()
-        try:
-            if conn is None or not conn.alive:
-                conn = await _connect(port)
-            status = await conn.request(payloads[i % len(payloads)], timeout)
-        except OSError:
-            conn, status = None, 0
+        conn, status = await _send(await pool.get(), port, payloads[i % len(payloads)], timeout)
         records.add(scheduled - start, loop.time() - scheduled, status)
         records.in_flight -= 1
         pool.put_nowait(conn if conn is not None and conn.alive else None)
@@ -198,12 +203,8 @@ async def _closed_loop(port, payloads, concurrency, seconds, timeout) -> _Record
         conn, i = None, k
         while loop.time() < end:
             sent = loop.time()
-            try:
-                if conn is None or not conn.alive:
-                    conn = await _connect(port)
-                status = await conn.request(payloads[i % len(payloads)], timeout)
-            except OSError:
-                conn, status = None, 0
+            conn, status = await _send(conn, port, payloads[i % len(payloads)], timeout)
+            if status == 0:
                 await asyncio.sleep(0.01)  # a refused connection must not spin
             records.add(sent - start, loop.time() - sent, status)
             i += concurrency

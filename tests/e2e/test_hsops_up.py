@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from tests._samples import sample_rows, write_csv
+from tests._procs import replica_pids
 from tests._wait import wait_for
 from tests.e2e._cli import run
 
@@ -41,21 +42,6 @@ def worker_pids(home) -> list[int]:
         except ProcessLookupError:
             pass
     return alive
-
-
-def replica_pids(home) -> list[int]:
-    """Serving replica processes of this home still running (found by their command line)."""
-    pids = []
-    for proc in os.listdir("/proc"):
-        if not proc.isdigit():
-            continue
-        try:
-            cmdline = open(f"/proc/{proc}/cmdline", "rb").read().split(b"\0")
-        except OSError:
-            continue
-        if b"hsops.platform.local.replica" in cmdline and str(home).encode() in cmdline:
-            pids.append(int(proc))
-    return pids
 
 
 @pytest.fixture

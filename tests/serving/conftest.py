@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ import pytest
 from hsops.models import artifact
 from hsops.models.linear import TfidfLinearClassifier
 from hsops.registry.index import read_index, write_index
+from hsops.serving.jobs import SIGNATURE_HEADER
 
 TRAINING = {
     "392410": [
@@ -130,3 +133,30 @@ def facts() -> dict:
                        "USED CLOTHING BALES": "630900",
                        "RUBBER O RING GASKET": "401693",
                        "AIR FILTER FOR TRUCK ENGINE": "842131"}}
+
+
+@pytest.fixture
+def receiver():
+    """A tiny HTTP server on 127.0.0.1 that records the POSTs it gets."""
+    received: list[tuple[str, bytes, str]] = []
+    status = {"code": 204}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # the http.server API's name
+            body = self.rfile.read(int(self.headers["content-length"]))
+            received.append((self.path, body, self.headers.get(SIGNATURE_HEADER, "")))
+            self.send_response(status["code"])
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    server.received, server.status = received, status
+    server.url = f"http://127.0.0.1:{server.server_address[1]}"
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join(10)

@@ -11,8 +11,6 @@ import csv
 import gzip
 import io
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 from fastapi.testclient import TestClient
@@ -26,7 +24,6 @@ from hsops.serving.batcher import MicroBatcher
 from hsops.serving.config import Jobs as JobsConfig
 from hsops.serving.config import Limits
 from hsops.serving.jobs import (
-    SIGNATURE_HEADER,
     JobError,
     JobNotFound,
     check_callback_url,
@@ -431,33 +428,6 @@ def test_the_allow_list_is_a_setting():
     assert check_callback_url("https://hooks.internal:8443/done", ("hooks.internal",))
     with pytest.raises(JobError):
         check_callback_url("http://127.0.0.1/done", ("hooks.internal",))
-
-
-@pytest.fixture
-def receiver():
-    """A tiny HTTP server on 127.0.0.1 that records the POSTs it gets."""
-    received: list[tuple[str, bytes, str]] = []
-    status = {"code": 204}
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # the http.server API's name
-            body = self.rfile.read(int(self.headers["content-length"]))
-            received.append((self.path, body, self.headers.get(SIGNATURE_HEADER, "")))
-            self.send_response(status["code"])
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    server.received, server.status = received, status
-    server.url = f"http://127.0.0.1:{server.server_address[1]}"
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join(10)
 
 
 @pytest.mark.parametrize("kind", ["async", "batch"])

@@ -25,6 +25,7 @@ import httpx
 import pytest
 
 from hsops.platform.local import StateStore
+from tests._procs import replica_pids
 from tests._wait import wait_for
 
 pytestmark = pytest.mark.integration
@@ -38,20 +39,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def replica_pids(home: Path) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmdline = open(f"/proc/{entry}/cmdline", "rb").read().split(b"\0")
-        except OSError:
-            continue
-        if b"hsops.platform.local.replica" in cmdline and str(home).encode() in cmdline:
-            pids.append(int(entry))
-    return pids
 
 
 class Serve:
@@ -189,47 +176,25 @@ def test_every_pattern_gives_the_same_answers(serve, registered, monkeypatch):
     assert answers(json.loads(response["body"])["predictions"]) == expected
 
 
-def test_an_async_job_calls_back_with_a_signed_status(serve, registered):
-    from http.server import BaseHTTPRequestHandler, HTTPServer
-
+def test_an_async_job_calls_back_with_a_signed_status(serve, registered, receiver):
     from hsops.platform.local.jobs import callback_secret
-    from hsops.serving.jobs import SIGNATURE_HEADER, verify_signature
+    from hsops.serving.jobs import verify_signature
 
-    received: list[tuple[bytes, str]] = []
-
-    class Receiver(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 - the http.server API
-            body = self.rfile.read(int(self.headers["content-length"]))
-            received.append((body, self.headers.get(SIGNATURE_HEADER, "")))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    receiver = HTTPServer(("127.0.0.1", 0), Receiver)
-    thread = threading.Thread(target=receiver.serve_forever, daemon=True)
-    thread.start()
-    try:
-        server = serve()
-        key = bearer(registered, "predict")
-        url = f"http://127.0.0.1:{receiver.server_address[1]}/done"
-        submitted = httpx.post(f"{server.url}/v1/predict/async", headers=key, timeout=30,
-                               json={"descriptions": PROBES[:2], "callback_url": url})
-        assert submitted.status_code == 202, submitted.text
-        wait_for(lambda: received, timeout=60, what="the callback")
-        body, signature = received[0]
-        assert verify_signature(body, callback_secret(registered), signature)
-        assert not verify_signature(body + b" ", callback_secret(registered), signature)
-        status = json.loads(body)
-        assert status["job_id"] == submitted.json()["job_id"] and status["status"] == "succeeded"
-        # a callback to anywhere but the allow-list is refused before anything is queued
-        refused = httpx.post(f"{server.url}/v1/predict/async", headers=key, timeout=30,
-                             json={"descriptions": PROBES[:1], "callback_url": "http://169.254.169.254/latest"})
-        assert refused.status_code == 422 and "not allowed" in refused.json()["message"]
-    finally:
-        receiver.shutdown()
-        receiver.server_close()
+    server = serve()
+    key = bearer(registered, "predict")
+    submitted = httpx.post(f"{server.url}/v1/predict/async", headers=key, timeout=30,
+                           json={"descriptions": PROBES[:2], "callback_url": f"{receiver.url}/done"})
+    assert submitted.status_code == 202, submitted.text
+    wait_for(lambda: receiver.received, timeout=60, what="the callback")
+    _, body, signature = receiver.received[0]
+    assert verify_signature(body, callback_secret(registered), signature)
+    assert not verify_signature(body + b" ", callback_secret(registered), signature)
+    status = json.loads(body)
+    assert status["job_id"] == submitted.json()["job_id"] and status["status"] == "succeeded"
+    # a callback to anywhere but the allow-list is refused before anything is queued
+    refused = httpx.post(f"{server.url}/v1/predict/async", headers=key, timeout=30,
+                         json={"descriptions": PROBES[:1], "callback_url": "http://169.254.169.254/latest"})
+    assert refused.status_code == 422 and "not allowed" in refused.json()["message"]
 
 
 # -- security over real HTTP -----------------------------------------------------------------
