@@ -145,6 +145,7 @@ def test_a_failing_sink_does_not_fail_the_answer(predictor, caplog):
 
 # -- health and missing models ------------------------------------------------------------------
 def test_healthz_reports_the_model_version(client):
+    assert client.head("/healthz").status_code == 200  # load balancers probe with HEAD
     response = client.get("/healthz")
     assert response.status_code == 200
     assert response.json() == {"status": "ok", "model_version": "hs-classifier@1", "message": None}
@@ -252,10 +253,12 @@ def test_malformed_json_is_400(client, raw):
     assert_error(response, 400, "malformed_json", "not valid JSON")
 
 
-@pytest.mark.parametrize("raw", [b'{"descriptions": ["\xff\xfe"]}', b"[" * 50_000 + b"]" * 50_000])
-def test_unreadable_json_is_400_not_500(predictor, raw):
+@pytest.mark.parametrize("raw, says", [(b'{"descriptions": ["\xff\xfe"]}', "not valid UTF-8"),
+                                       (b"[" * 50_000 + b"]" * 50_000, "nested too deeply")])
+def test_unreadable_json_is_400_not_500(predictor, raw, says):
     client = TestClient(create_app(lambda: predictor))
-    assert_error(client.post("/v1/predict", content=raw, headers=JSON), 400, "malformed_json")
+    body = assert_error(client.post("/v1/predict", content=raw, headers=JSON), 400, "malformed_json", says)
+    assert "Error" not in body["message"]  # the client's terms, not our exception names
 
 
 def test_empty_body_is_refused(client):

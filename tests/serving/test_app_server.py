@@ -34,11 +34,15 @@ ENTRY = textwrap.dedent("""
     from hsops.platform.local import StateStore
     from hsops.serving import RegistrySource
     from hsops.serving.app import create_app
+    from hsops.serving.config import ServingConfig
 
 
     def make_app():
         home = Path(os.environ["HSOPS_HOME"])
-        return create_app(RegistrySource(home), StateStore(home / "state.db"),
+        # a short body timeout and few admission slots, so slow senders are quick to test
+        config = ServingConfig().with_overrides({"limits": {"body_timeout_s": 1.0},
+                                                 "batching": {"max_in_flight": 4}})
+        return create_app(RegistrySource(home), StateStore(home / "state.db"), config=config,
                           max_body_bytes=int(os.environ["HSOPS_TEST_MAX_BODY"]))
 """)
 
@@ -176,6 +180,31 @@ def test_chunked_oversize_body_is_413(http):
     response = http.post("/v1/predict", content=chunks(), headers={"content-type": "application/json"})
     assert response.request.headers.get("transfer-encoding") == "chunked"
     assert response.status_code == 413 and response.json()["error"] == "payload_too_large"
+
+
+def test_slow_senders_get_408_and_do_not_lock_others_out(http, server):
+    """Clients that send headers and then only part of the body (slowloris) are not
+    counted against the admission limit (4 here) and are answered 408 once the body
+    timeout passes; everyone else is served meanwhile."""
+    slow = []
+    try:
+        for _ in range(6):
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+            sock.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 100\r\n\r\n{\"desc")
+            slow.append(sock)
+        response = http.post("/v1/predict", json={"descriptions": ["AIR FILTER FOR TRUCK ENGINE"]})
+        assert response.status_code == 200, response.text
+        for sock in slow:
+            answer = b""
+            while b"\r\n\r\n" not in answer and (chunk := sock.recv(4096)):
+                answer += chunk
+            head = answer.decode("latin-1").lower()
+            assert head.startswith("http/1.1 408"), head
+            assert "connection: close" in head
+    finally:
+        for sock in slow:
+            sock.close()
 
 
 def test_server_still_answers_after_rejections(http):

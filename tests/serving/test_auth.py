@@ -51,7 +51,7 @@ def test_unknown_or_no_scopes_are_refused(home, scopes):
     assert store.list_keys() == []
 
 
-@pytest.mark.parametrize("name", ["", "   ", "x" * 101])
+@pytest.mark.parametrize("name", ["", "   ", "x" * 101, "a\nb", "ops\x1b[31m", "tab\tname"])
 def test_a_key_needs_a_name(home, name):
     with pytest.raises(ValueError, match="name"):
         StateStore(home).add_key(name, ["predict"])
@@ -129,6 +129,13 @@ def test_a_keyed_route_without_a_key_is_401_with_www_authenticate(api, method, p
     assert "API key" in response.json()["message"]
 
 
+@pytest.mark.parametrize("path", ["/v1/predict/async", "/v1/batch"])
+def test_no_key_is_401_before_the_body_is_read(api, path):
+    """Without any credentials a keyed POST is refused before its body is parsed: a
+    malformed body is still 401, not 400."""
+    assert_401(api().post(path, content=b"{", headers={"content-type": "application/json"}))
+
+
 @pytest.mark.parametrize("method, path, body", KEYED)
 @pytest.mark.parametrize("header", [
     {"authorization": f"Bearer {UNKNOWN_KEY}"},  # well formed, no such key
@@ -184,6 +191,8 @@ def test_a_job_is_visible_to_its_own_key_and_to_admin_only(api, key):
     cancelled = client.delete(f"/v1/jobs/{job_id}", headers=owner)
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
     assert "key_id" not in cancelled.json()
+    again = client.delete(f"/v1/jobs/{job_id}", headers=owner)  # it has ended: nothing to cancel
+    assert again.status_code == 409 and "already ended (cancelled)" in again.json()["message"]
 
 
 def test_open_routes_need_no_key_but_refuse_a_wrong_one(api, key):

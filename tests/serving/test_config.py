@@ -92,7 +92,16 @@ def test_a_file_that_is_not_a_json_object_is_refused(home, text):
     write_config(home, text)
     with pytest.raises(ConfigError) as refused:
         load_config(home)
-    assert CONFIG_FILE in str(refused.value) or "serving config" in str(refused.value)
+    assert str(refused.value).startswith(CONFIG_FILE)
+
+
+@pytest.mark.parametrize("content, named", [({"limits": {"max_body_bytes": 1e308}}, "limits.max_body_bytes"),
+                                            ({"limits": {"body_timeout_s": 1e13}}, "limits.body_timeout_s")])
+def test_a_limit_too_large_to_mean_anything_is_refused(home, content, named):
+    write_config(home, content)
+    with pytest.raises(ConfigError, match="too large") as refused:
+        load_config(home)
+    assert str(refused.value).startswith(named)
 
 
 def test_undecodable_bytes_are_refused_not_crashed(home):
@@ -210,3 +219,17 @@ def test_cors_opens_for_a_configured_origin_only(home, predictor):
     assert other.headers.get("access-control-allow-origin") != "https://evil.example"
     assert "access-control-allow-origin" not in client.post(
         "/v1/predict", json={"descriptions": ["AIR FILTER"]}, headers={"origin": "https://evil.example"}).headers
+
+
+@pytest.mark.parametrize("host, keyed", [("127.0.0.1", False), ("::1", False), ("localhost", False),
+                                         ("0.0.0.0", True), ("::", True), ("192.0.2.7", True),
+                                         ("serving.internal", True)])
+def test_listening_beyond_loopback_requires_keys(home, host, keyed):
+    """Open-on-localhost defaults must not become open-to-the-network ones."""
+    from hsops.platform.local.replicas import ReplicaSupervisor
+
+    supervisor = ReplicaSupervisor(home, host=host, port=1)  # built, not started: nothing listens
+    auth = supervisor.config.auth
+    assert auth.predict_requires_key is keyed and auth.metrics_requires_key is keyed
+    assert supervisor.overrides.get("auth", {}).get("predict_requires_key", False) is keyed  # what replicas get
+    assert any(e["event"] == "keys_required" for e in supervisor.events) is keyed

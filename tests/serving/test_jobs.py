@@ -111,7 +111,7 @@ def test_batch_on_a_csv_object_answers_every_row_in_order(env):
     assert job["status"] == "queued" and job["kind"] == "batch"
     done = env.run(jobs, job, sink)
     assert done["status"] == "succeeded", done
-    assert done["progress"] == {"rows_done": 9, "rows_total": 9, "fraction": 1.0}
+    assert done["progress"] == {"rows_done": 9, "rows_total": 9, "rows_failed": 3, "fraction": 1.0}
     assert done["model_version"] == "hs-classifier@1" and done["started_at"] and done["ended_at"]
 
     records = env.records(done)
@@ -334,6 +334,30 @@ def test_cancelling_a_finished_job_leaves_it_as_it_is(env):
         jobs.cancel("job-does-not-exist")
 
 
+@pytest.mark.parametrize("key", ["jobs/job-0123456789abcdef/input.jsonl", "inbox/declarations.csv",
+                                 "datasets/x.csv", "batch"])
+def test_a_batch_reads_only_objects_put_under_batch(env, key):
+    """Other prefixes hold other keys' job inputs and results, datasets and models: a
+    predict key must not read them through a batch job."""
+    env.backend.objects.put(key, f"text\n{GOOD[0]}\n".encode())
+    with pytest.raises(JobError, match="under batch/"):
+        env.jobs().submit("batch", {"object_key": key}, publish=False)
+
+
+@pytest.mark.parametrize("kind", ["async", "batch"])
+def test_job_answers_are_counted_under_their_own_pattern(env, kind):
+    from hsops.serving.metrics import REGISTRY
+
+    def count(pattern: str) -> float:
+        return REGISTRY.get_sample_value("hsops_predictions_total", {
+            "model": "hs-classifier@1", "variant": "champion", "pattern": pattern}) or 0.0
+    before = {p: count(p) for p in ("async", "batch")}
+    jobs = env.jobs()
+    env.run(jobs, jobs.submit(kind, {"descriptions": GOOD[:3] + ["!!!"]}, publish=False))
+    other = "batch" if kind == "async" else "async"
+    assert count(kind) - before[kind] == 3 and count(other) == before[other]  # the "!!!" row is no answer
+
+
 def test_a_missing_input_object_is_refused_at_submission(env):
     with pytest.raises(JobError, match="object_key"):
         env.jobs().submit("batch", {"object_key": "batch/not-there.csv"}, publish=False)
@@ -403,7 +427,9 @@ def test_too_many_inline_descriptions_are_422_over_the_api(registered):
     "file:///etc/passwd",
     "ftp://127.0.0.1/x",
     "http://127.0.0.1:99999/x",
+    "http://127.0.0.1:0/done",
     "not a url",
+    "",
 ])
 def test_a_callback_url_off_the_allow_list_is_refused(env, url):
     with pytest.raises(JobError):
@@ -444,7 +470,8 @@ def test_a_callback_gets_the_signed_status(env, receiver, kind):
     assert not verify_signature(body, b"another secret", signature)
     status = json.loads(body)
     assert status["job_id"] == job["job_id"] and status["status"] == "succeeded"
-    assert "key_id" not in status
+    assert "key_id" not in status and "callback" not in status
+    assert status["sent_at"]  # signed with the body: an old call replayed can be told apart
     if kind == "async":
         assert [p["hs_code"] for p in status["result"]["predictions"]] == [
             e["hs_code"] for e in env.expected(GOOD[:3])]
@@ -471,6 +498,50 @@ def test_a_receiver_that_fails_is_retried_and_the_outcome_recorded(env, receiver
     assert len(receiver.received) == 2
     recorded = jobs.get(done["job_id"])["callback"]
     assert recorded["delivered"] is False and recorded["status"] == 503 and recorded["attempts"] == 2
+
+
+def test_a_receiver_that_hangs_does_not_hold_up_other_jobs(env):
+    """Runners hand callbacks to a delivery pool: a job queued behind one whose receiver
+    never answers still runs at once, and the hanging callback shows as pending."""
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # connections are accepted by the kernel and never answered
+    url = f"http://127.0.0.1:{silent.getsockname()[1]}/done"
+    jobs = env.jobs(callback_attempts=2, callback_timeout_s=30.0)
+    try:
+        hanging = jobs.submit("async", {"descriptions": GOOD[:1], "callback_url": url})
+        plain = jobs.submit("async", {"descriptions": GOOD[1:2]})
+        jobs.start_runners(env.source, env.batcher)
+        wait_for(lambda: jobs.get(plain["job_id"])["status"] == "succeeded", timeout=30,
+                 what="the job queued behind a hanging callback")
+        assert jobs.get(hanging["job_id"])["status"] == "succeeded"
+        callback = jobs.get(hanging["job_id"])["callback"]
+        assert callback["pending"] is True and callback["delivered"] is False  # still waiting for its receiver
+        silent.close()  # the receiver goes away: the delivery fails fast now and is recorded
+        final = wait_for(lambda: not (c := jobs.get(hanging["job_id"])["callback"])["pending"] and c,
+                         timeout=60, what="the hanging callback's outcome")
+        assert final["delivered"] is False and final["attempts"] == 2 and final["error"]
+    finally:
+        jobs.stop()
+        silent.close()
+
+
+def test_a_callback_left_pending_by_a_dead_replica_is_delivered_again(env, receiver):
+    jobs = env.jobs()
+    job = jobs.submit("async", {"descriptions": GOOD[:1], "callback_url": receiver.url}, publish=False)
+    env.run(jobs, job)
+    assert len(receiver.received) == 1
+    # as a replica killed mid-delivery leaves it: pending, long ago
+    jobs._update(job["job_id"], callback=json.dumps({"url": receiver.url, "pending": True, "delivered": False,
+                                                     "at": "2000-01-01T00:00:00.000+00:00"}))
+    jobs._redeliver_stale()
+    wait_for(lambda: len(receiver.received) == 2, timeout=10, what="the redelivery")
+    wait_for(lambda: jobs.get(job["job_id"])["callback"]["delivered"], timeout=10, what="the outcome")
+    jobs._redeliver_stale()  # delivered now: not sent a third time
+    jobs.stop()
+    assert len(receiver.received) == 2
 
 
 def test_the_callback_secret_is_made_once_and_kept_private(env):

@@ -35,11 +35,11 @@ from hsops import __version__
 from hsops.models.artifact import ArtifactError
 from hsops.registry.index import ModelNotFound, read_index
 from hsops.serving import metrics
-from hsops.serving.auth import Authenticator, KeyStore, RateLimiter
+from hsops.serving.auth import AuthError, Authenticator, KeyStore, RateLimiter
 from hsops.serving.batcher import MicroBatcher, Overloaded
 from hsops.serving.config import ServingConfig
 from hsops.serving.errors import ApiError, RequestGuard, install_error_handlers, request_id_of, require_json
-from hsops.serving.jobs import JobError, JobNotFound, JobService
+from hsops.serving.jobs import ENDED, JobError, JobNotFound, JobService
 from hsops.serving.middleware import AccessLog, ServingState
 from hsops.serving.predictor import PredictionSink, Predictor, log_answers
 from hsops.serving.schemas import (
@@ -76,16 +76,6 @@ def _json(content: Any, status: int = 200) -> Response:
 def answer_items(request_id: str, predictions: list) -> list[dict]:
     """The answers as sent, each with the id it is logged under (``<request id>-<i>``)."""
     return [{**p.to_dict(), "request_id": f"{request_id}-{i}"} for i, p in enumerate(predictions)]
-
-
-def count_answers(items: list[dict], variant: str, pattern: str) -> None:
-    if not items:
-        return
-    model = items[0]["model_version"]
-    metrics.PREDICTIONS.labels(model, variant, pattern).inc(len(items))
-    abstained = sum(1 for item in items if item["abstain"])
-    if abstained:
-        metrics.ABSTENTIONS.labels(model, variant, pattern).inc(abstained)
 
 
 def create_app(predictor_source: Callable[[], Predictor], sink: PredictionSink | None = None, *,
@@ -138,12 +128,19 @@ def create_app(predictor_source: Callable[[], Predictor], sink: PredictionSink |
                            allow_methods=["GET", "POST", "DELETE"],
                            allow_headers=["authorization", "content-type", "x-api-key"])
     app.add_middleware(RequestGuard, max_body_bytes=max_body_bytes,
-                       larger={"/v1/batch": max(max_body_bytes, limits.max_batch_body_bytes)})
+                       larger={"/v1/batch": max(max_body_bytes, limits.max_batch_body_bytes)},
+                       body_timeout_s=limits.body_timeout_s, state=state,
+                       keyed_paths=frozenset({"/v1/predict/async", "/v1/batch"}
+                                             | ({"/v1/predict"} if config.auth.predict_requires_key else set())))
     app.add_middleware(AccessLog, state=state)
 
     def scope(name: str, required: bool):
         def check(request: Request) -> str | None:
-            record = authenticator.authorize(request.headers, name, required=required)
+            try:
+                record = authenticator.authorize(request.headers, name, required=required)
+            except AuthError as exc:
+                request.scope.setdefault("state", {})["key_id"] = exc.key_id
+                raise
             key_id = record.key_id if record is not None else None
             request.scope.setdefault("state", {})["key_id"] = key_id
             if key_id is not None and (wait := limiter.take(key_id)) > 0:
@@ -182,7 +179,7 @@ def create_app(predictor_source: Callable[[], Predictor], sink: PredictionSink |
         items = answer_items(request_id, predictions)
         if sink is not None:
             log_answers(sink, request_id, body.descriptions, items)
-        count_answers(items, variant, "realtime")
+        metrics.count_answers(items, variant, "realtime")
         return _json({"request_id": request_id, "model_version": items[0]["model_version"], "predictions": items})
 
     def job_service() -> JobService:
@@ -217,10 +214,11 @@ def create_app(predictor_source: Callable[[], Predictor], sink: PredictionSink |
         try:
             job = job_service().get(job_id)
         except JobNotFound:
-            raise ApiError(404, "not_found", f"no job {job_id!r}") from None
+            raise ApiError(404, "not_found", f"no job {_quoted(job_id)}") from None
         owner = job.get("key_id")
         if owner is not None and owner != key_id and not _is_admin(authenticator, request):
-            raise ApiError(404, "not_found", f"no job {job_id!r}")  # another key's job: not even its existence
+            # another key's job: not even its existence
+            raise ApiError(404, "not_found", f"no job {_quoted(job_id)}")
         job.pop("key_id", None)
         return job
 
@@ -247,8 +245,9 @@ def create_app(predictor_source: Callable[[], Predictor], sink: PredictionSink |
 
     @app.delete("/v1/jobs/{job_id}", response_model=JobOut, responses=_JOB_ERRORS)
     def job_cancel(job_id: str, request: Request, key_id: str | None = Depends(keyed_predict)) -> Any:
-        """Cancel a queued or running job (a finished one is left as it is)."""
-        owned_job(job_id, key_id, request)
+        """Cancel a queued or running job; 409 for one that has already ended."""
+        if (status := owned_job(job_id, key_id, request)["status"]) in ENDED:
+            raise ApiError(409, "conflict", f"job {job_id} has already ended ({status}); nothing to cancel")
         job = job_service().cancel(job_id)
         job.pop("key_id", None)
         return _json(job)
@@ -259,6 +258,7 @@ def create_app(predictor_source: Callable[[], Predictor], sink: PredictionSink |
         """Registered model versions with their aliases, lineage and test-split metrics."""
         return list_models(registry_home) if registry_home is not None else []
 
+    @app.head("/healthz", include_in_schema=False)  # load balancers probe with HEAD
     @app.get("/healthz", response_model=Health, responses={503: {"model": Health}})
     def healthz() -> Any:
         """200 when a model is loaded and verified (and the replica is not draining);
@@ -285,6 +285,11 @@ def create_app(predictor_source: Callable[[], Predictor], sink: PredictionSink |
 
     app.state.require_scope = scope  # for routers mounted beside these (pipelines)
     return app
+
+
+def _quoted(value: str, limit: int = 80) -> str:
+    """A client's value quoted in a message, cut short: errors must not echo megabytes."""
+    return repr(value if len(value) <= limit else value[:limit] + "...")
 
 
 def _is_admin(authenticator: Authenticator, request: Request) -> bool:

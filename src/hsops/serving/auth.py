@@ -73,9 +73,10 @@ def check_scopes(scopes) -> tuple[str, ...]:
 
 
 class AuthError(Exception):
-    def __init__(self, status: int, error: str, message: str):
+    def __init__(self, status: int, error: str, message: str, key_id: str | None = None):
         super().__init__(message)
         self.status, self.error, self.message = status, error, message
+        self.key_id = key_id  # a known key refused for its scope: the access log names it
 
 
 def presented_key(headers) -> str | None:
@@ -141,7 +142,7 @@ class Authenticator:
         record = self.verify(key)
         if not record.grants(scope):
             raise AuthError(403, "forbidden", f"the API key {record.key_id} lacks the {scope!r} scope "
-                                              f"(it has {', '.join(record.scopes)})")
+                                              f"(it has {', '.join(record.scopes)})", key_id=record.key_id)
         return record
 
 

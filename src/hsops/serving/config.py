@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 CONFIG_FILE = "serving.json"
+MAX_SETTING = 1e12  # no limit, size or duration here is meaningful beyond this
 
 
 class ConfigError(ValueError):
@@ -30,6 +31,7 @@ class Limits:
     max_batch_body_bytes: int = 50_000_000  # POST /v1/batch with inline descriptions
     max_batch_items: int = 1_000_000  # descriptions per batch job (inline or file)
     max_batch_file_bytes: int = 500_000_000
+    body_timeout_s: float = 10.0  # the whole request body must arrive within this (408)
 
 
 @dataclass(frozen=True)
@@ -119,7 +121,8 @@ class ServingConfig:
 
 def _apply(obj, overrides: dict, where: str):
     if not isinstance(overrides, dict):
-        raise ConfigError(f"{where or 'serving config'}: expected an object, got {type(overrides).__name__}")
+        raise ConfigError(f"{where}: expected an object, got {type(overrides).__name__}" if where
+                          else f"expected an object of settings, got {type(overrides).__name__}")
     fields = {f.name: f for f in dataclasses.fields(obj)}
     changes = {}
     for key, value in overrides.items():
@@ -150,6 +153,8 @@ def _coerce(name: str, current, value, spec):
         raise ConfigError(f"{name}: expected a number, got {value!r}")
     if not math.isfinite(value) or value < 0:
         raise ConfigError(f"{name}: expected a finite number >= 0, got {value!r}")
+    if value > MAX_SETTING:  # 1e308 bytes is no limit at all, written as one
+        raise ConfigError(f"{name}: {value!r} is too large (at most {MAX_SETTING:.0e})")
     if hint == "int" or (isinstance(current, int) and "float" not in hint):
         if int(value) != value:
             raise ConfigError(f"{name}: expected a whole number, got {value!r}")
@@ -165,6 +170,8 @@ def load_config(home: Path | None, overrides: dict | None = None) -> ServingConf
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ConfigError(f"{path.name}: not readable JSON ({exc})") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path.name}: expected a JSON object of settings, got {type(data).__name__}")
         config = config.with_overrides(data)
     if overrides:
         config = config.with_overrides(overrides)

@@ -7,10 +7,13 @@ Bad input is always a 4xx whose body says what was wrong::
 The body size is enforced by an ASGI middleware before anything is parsed: a declared
 ``Content-Length`` over the limit is refused at once, and the streamed bytes are counted
 too, because a chunked body has no length and a declared one may lie. The limit is per
-path: batch submissions may carry more than a real-time call. Every request gets a
+path: batch submissions may carry more than a real-time call. The whole body must
+arrive within ``body_timeout_s`` (408 otherwise), so clients that send a body slowly,
+or never finish it, cannot hold the replica's request slots. Every request gets a
 uuid4 ``request_id`` (header ``X-Request-ID``).
 """
 
+import asyncio
 import json
 import logging
 import math
@@ -28,7 +31,7 @@ log = logging.getLogger("hsops.serving")
 REQUEST_ID_HEADER = "X-Request-ID"
 _STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                  405: "method_not_allowed", 409: "conflict", 413: "payload_too_large",
-                 415: "unsupported_media_type", 422: "invalid_input", 429: "rate_limited",
+                 408: "request_timeout", 415: "unsupported_media_type", 422: "invalid_input", 429: "rate_limited",
                  500: "internal_error", 503: "unavailable"}
 
 
@@ -63,6 +66,9 @@ def error_response(request_id: str | None, status: int, error: str, message: str
 
 
 # -- request guard (ASGI middleware) --------------------------------------------------------
+_TOO_LARGE = object()
+
+
 class RequestGuard:
     """Assigns the request id and enforces the body limit before any parsing.
 
@@ -73,12 +79,20 @@ class RequestGuard:
     """
 
     def __init__(self, app, max_body_bytes: int, drain_cap_bytes: int = 16 * 1024 * 1024,
-                 larger: dict[str, int] | None = None):
-        """``larger``: paths allowed a bigger body than ``max_body_bytes``."""
+                 larger: dict[str, int] | None = None, body_timeout_s: float = 10.0, state=None,
+                 keyed_paths: frozenset[str] = frozenset()):
+        """``larger``: paths allowed a bigger body than ``max_body_bytes``. ``state``: the
+        replica's ``ServingState``, whose ``in_flight`` counts requests from the moment
+        their body is in (a client still sending is not holding an admission slot)."""
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.drain_cap_bytes = drain_cap_bytes
         self.larger = larger or {}
+        self.body_timeout_s = body_timeout_s
+        self.state = state
+        # POSTs that always need a key: one without any credentials is refused before
+        # its body (up to 50 MB) is read and parsed; the key itself is checked later
+        self.keyed_paths = keyed_paths
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -91,6 +105,12 @@ class RequestGuard:
                 MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
             await send(message)
 
+        if (scope.get("path") in self.keyed_paths and scope.get("method") == "POST"
+                and not any(k.lower() in (b"authorization", b"x-api-key") for k, _ in scope.get("headers", []))):
+            return await error_response(
+                request_id, 401, "unauthorized", "this call needs an API key (Authorization: Bearer <key>; "
+                "create one with `hsops keys create`)", headers={"WWW-Authenticate": 'Bearer realm="hsops"'})(
+                scope, receive, send)
         limit = self.larger.get(scope.get("path", ""), self.max_body_bytes)
         too_large = (f"request body is larger than the limit of {limit} bytes; "
                      "send fewer or shorter descriptions per request")
@@ -105,26 +125,20 @@ class RequestGuard:
                 return await error_response(request_id, 413, "payload_too_large", too_large)(
                     scope, receive, send)
 
-        chunks, size, more = [], 0, True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return  # client went away; nobody to answer
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            more = message.get("more_body", False)
-            if size > limit:
-                while more and size <= self.drain_cap_bytes:
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        return
-                    size += len(message.get("body", b""))
-                    more = message.get("more_body", False)
-                return await error_response(request_id, 413, "payload_too_large", too_large)(
-                    scope, receive, send)
-            chunks.append(chunk)
+        try:
+            async with asyncio.timeout(self.body_timeout_s):
+                body = await self._read_body(receive, limit)
+        except TimeoutError:
+            return await error_response(
+                request_id, 408, "request_timeout",
+                f"the request body did not arrive in full within {self.body_timeout_s:g} s",
+                headers={"Connection": "close"})(scope, receive, send)
+        if body is None:
+            return  # client went away; nobody to answer
+        if body is _TOO_LARGE:
+            return await error_response(request_id, 413, "payload_too_large", too_large)(scope, receive, send)
 
-        body, replayed = b"".join(chunks), False
+        replayed = False
 
         async def replay():
             nonlocal replayed
@@ -133,7 +147,36 @@ class RequestGuard:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()  # after the body: wait for disconnect, as the server would
 
-        await self.app(scope, replay, send_with_id)
+        state = self.state
+        if state is not None:
+            state.in_flight += 1
+        try:
+            await self.app(scope, replay, send_with_id)
+        finally:
+            if state is not None:
+                state.in_flight -= 1
+
+    async def _read_body(self, receive, limit: int):
+        """The body; None if the client went away; ``_TOO_LARGE`` past ``limit`` (the rest
+        drained up to the cap, so the client reads the 413 instead of a reset)."""
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            more = message.get("more_body", False)
+            if size > limit:
+                while more and size <= self.drain_cap_bytes:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return None
+                    size += len(message.get("body", b""))
+                    more = message.get("more_body", False)
+                return _TOO_LARGE
+            chunks.append(chunk)
+        return b"".join(chunks)
 
 
 # -- validation errors ----------------------------------------------------------------------
@@ -177,6 +220,17 @@ def _validation_error(request: Request, exc: RequestValidationError) -> JSONResp
     return error_response(request_id, 422, "invalid_input", shown, details)
 
 
+def _body_problem(cause: BaseException) -> str:
+    """What was wrong with a body FastAPI could not parse, in the client's terms."""
+    if isinstance(cause, UnicodeDecodeError):
+        return f"it is not valid UTF-8 (byte {cause.start})"
+    if isinstance(cause, RecursionError):
+        return "its JSON is nested too deeply"
+    if isinstance(cause, ValueError) and "digits" in str(cause):
+        return "it holds a number too long to parse"
+    return "it is not valid JSON"
+
+
 def install_error_handlers(app: FastAPI) -> None:
     from hsops.serving.auth import AuthError
     from hsops.serving.batcher import Overloaded
@@ -203,10 +257,8 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 400 and exc.__cause__ is not None:
             # FastAPI's own "error parsing the body" (bad UTF-8, nesting too deep, an
             # integer too long to parse): say what it was
-            cause = exc.__cause__
             return error_response(request_id_of(request), 400, "malformed_json",
-                                   f"request body could not be read as UTF-8 JSON: "
-                                   f"{type(cause).__name__}: {str(cause)[:200]}")
+                                   f"request body could not be read: {_body_problem(exc.__cause__)}")
         code = _STATUS_CODES.get(exc.status_code, "error")
         return error_response(request_id_of(request), exc.status_code, code, str(exc.detail))
 

@@ -142,9 +142,11 @@ def check_callback_url(url: str, allowed_hosts: tuple[str, ...]) -> str:
         raise JobError(f"callback_url host {host!r} is not allowed; allowed: {', '.join(allowed_hosts)} "
                        "(serving.json jobs.callback_hosts)")
     try:
-        parts.port  # noqa: B018 - raises on a bad port
+        port = parts.port
     except ValueError as exc:
         raise JobError(f"callback_url has a bad port: {exc}") from None
+    if port == 0:
+        raise JobError("callback_url has port 0, which nothing listens on")
     return url
 
 

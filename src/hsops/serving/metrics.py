@@ -75,3 +75,14 @@ def mark_process_dead(pid: int, directory: str | None = None) -> None:
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(pid, path=directory)
+
+
+def count_answers(items: list[dict], variant: str, pattern: str) -> None:
+    """Predictions and abstentions of answered items (``Prediction.to_dict`` shape)."""
+    if not items:
+        return
+    model = items[0]["model_version"]
+    PREDICTIONS.labels(model, variant, pattern).inc(len(items))
+    abstained = sum(1 for item in items if item["abstain"])
+    if abstained:
+        ABSTENTIONS.labels(model, variant, pattern).inc(abstained)

@@ -16,7 +16,9 @@ woke first, for as long as its connections live.
 Admission control: past ``state.max_in_flight`` requests in this replica, a
 prediction call is answered 503 with ``Retry-After`` at once, before its body is read.
 Under an open-loop overload the backlog builds up in the event loop, ahead of the
-model queue, where the micro-batcher's own limits cannot see it.
+model queue, where the micro-batcher's own limits cannot see it. A request counts
+once its body is in (``errors.RequestGuard`` keeps the count), so clients that are
+slow to send, or never finish, cannot fill the slots and lock everyone else out.
 """
 
 from __future__ import annotations
@@ -77,11 +79,9 @@ class AccessLog:
             app = error_response(None, 503, "overloaded", f"this replica holds {state.in_flight} requests, its "
                                  "limit; retry after the Retry-After seconds", [{"reason": "in_flight"}],
                                  {"Retry-After": "1"})
-        state.in_flight += 1
         try:
             await app(scope, receive, send_wrapper)
         finally:
-            state.in_flight -= 1
             elapsed = time.perf_counter() - started
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"

@@ -137,7 +137,8 @@ def batch_request_model(max_items: int) -> type[BaseModel]:
         __config__=ConfigDict(extra="forbid", json_schema_extra={"examples": [
             {"object_key": "batch/catalogue.csv", "text_column": "goods_description", "top_k": 3}]}),
         object_key=(str | None, Field(None, min_length=1, max_length=1024,
-                                      description="A CSV/TSV/JSONL/Parquet/TXT object in the store")),
+                                      description="A CSV/TSV/JSONL/Parquet/TXT object in the store, "
+                                                  "under batch/")),
         descriptions=(list[str] | None, Field(None, min_length=1, max_length=max_items,
                                               description=f"Up to {max_items} descriptions inline")),
         text_column=(str | None, Field(None, min_length=1, max_length=200)),
@@ -148,7 +149,9 @@ def batch_request_model(max_items: int) -> type[BaseModel]:
 
 class JobProgress(BaseModel):
     rows_done: int
-    rows_total: int | None = None
+    rows_total: int | None = Field(None, description="Known from the start for inline descriptions; "
+                                                     "for a file, once it has been read")
+    rows_failed: int = Field(0, description="Rows answered with an error instead of a prediction")
     fraction: float | None = None
 
 
@@ -162,7 +165,6 @@ class JobOut(BaseModel):
     progress: JobProgress
     model_version: str | None = None
     output_key: str | None = None
-    rows_failed: int | None = None
     error: str | None = None
     callback: dict | None = None
     links: dict[str, str]

@@ -30,7 +30,8 @@ import shutil
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from hsops.platform.backend import Backend, BackendError, ObjectNotFound
@@ -52,6 +53,7 @@ log = logging.getLogger("hsops.jobs")
 
 JOB_QUEUE = "job.submitted"
 PREFIX = "jobs"
+BATCH_INPUTS = "batch/"  # where batch input files are put; the only prefix a job may read
 CALLBACK_SECRET_FILE = "callback.secret"
 
 
@@ -86,11 +88,13 @@ class LocalJobs:
         self.max_receives = max_receives
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
+        self._deliveries: ThreadPoolExecutor | None = None  # callbacks sent by runners
+        self._pool_lock = threading.Lock()
 
     # -- submitting ----------------------------------------------------------------------
     def submit(self, kind: str, request: dict, *, key_id: str | None = None, publish: bool = True) -> dict:
         """Record a job and queue it; ``publish=False`` leaves it for ``run_now`` (the CLI)."""
-        if request.get("callback_url"):
+        if request.get("callback_url") is not None:  # "" is a mistake, not "no callback"
             check_callback_url(request["callback_url"], self.config.callback_hosts)
         job_id = f"job-{secrets.token_hex(8)}"
         if kind == "async" or request.get("descriptions") is not None:
@@ -104,6 +108,10 @@ class LocalJobs:
             total = len(texts)
         else:
             input_key = request["object_key"]
+            if not input_key.startswith(BATCH_INPUTS):
+                # other prefixes hold other keys' job inputs and results, datasets, models
+                raise JobError(f"object_key must name an object under {BATCH_INPUTS} "
+                               f"(HSOPS_HOME/objects/{BATCH_INPUTS}), got {input_key[:80]!r}")
             try:
                 info = self.backend.objects.head(input_key)
             except BackendError as exc:
@@ -134,7 +142,7 @@ class LocalJobs:
         out = {
             "job_id": row["job_id"], "kind": row["kind"], "status": row["status"],
             "created_at": row["created_at"], "started_at": row["started_at"], "ended_at": row["ended_at"],
-            "progress": {"rows_done": done, "rows_total": total,
+            "progress": {"rows_done": done, "rows_total": total, "rows_failed": row["rows_failed"],
                          "fraction": round(done / total, 4) if total else (1.0 if row["status"] == "succeeded"
                                                                            else None)},
             "model_version": row["model_version"], "output_key": row["output_key"],
@@ -185,6 +193,8 @@ class LocalJobs:
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout)
+        if self._deliveries is not None:  # callbacks under way finish; a pending one is redelivered later
+            self._deliveries.shutdown(wait=True, cancel_futures=True)
 
     def _runner(self, predictor_source, batcher, sink) -> None:
         idle, swept = 0.2, 0.0
@@ -192,6 +202,7 @@ class LocalJobs:
             if time.monotonic() - swept > 5.0:
                 swept = time.monotonic()
                 self._fail_buried()
+                self._redeliver_stale()
             try:
                 messages = self.backend.events.receive(JOB_QUEUE, visibility_timeout=self.config.lease_seconds,
                                                        max_receives=self.max_receives)
@@ -218,7 +229,7 @@ class LocalJobs:
                         "AND status IN ('queued', 'running')", (_now(), f"dead-lettered: {letter.error}", job_id))
                 if changed.rowcount:
                     metrics.JOBS.labels(self._row(job_id)["kind"], "failed").inc()
-                    self._call_back(job_id)
+                    self._call_back(job_id, wait=False)
         except Exception:  # noqa: BLE001 - retried at the next sweep
             log.exception("could not fail dead-lettered jobs")
 
@@ -235,7 +246,7 @@ class LocalJobs:
         try:
             finished = self._run(row, message, predictor_source, batcher, sink)
         except JobError as exc:  # the input cannot be answered: retrying cannot help
-            self._fail(job_id, str(exc))
+            self._fail(job_id, str(exc), wait=False)
             self.backend.events.dead_letter(message, str(exc))
             return
         except Exception as exc:  # noqa: BLE001 - retried by the bus, then dead-lettered
@@ -243,7 +254,7 @@ class LocalJobs:
             log.exception("job %s failed (delivery %d)", job_id, message.receive_count)
             self._update(job_id, attempts=message.receive_count, error=error)
             if message.receive_count >= self.max_receives:
-                self._fail(job_id, error)
+                self._fail(job_id, error, wait=False)
                 self.backend.events.dead_letter(message, error)
             else:
                 self.backend.events.nack(message, error, delay=1.0)
@@ -265,10 +276,10 @@ class LocalJobs:
             self._fail(job_id, str(exc) if isinstance(exc, JobError) else f"{type(exc).__name__}: {exc}")
         return self.get(job_id)
 
-    def _fail(self, job_id: str, error: str) -> None:
+    def _fail(self, job_id: str, error: str, *, wait: bool = True) -> None:
         self._update(job_id, status="failed", ended_at=_now(), error=error)
         metrics.JOBS.labels(self._row(job_id)["kind"], "failed").inc()
-        self._call_back(job_id)
+        self._call_back(job_id, wait=wait)
 
     def _run(self, row: dict, message, predictor_source, batcher, sink) -> bool:
         job_id = row["job_id"]
@@ -286,13 +297,14 @@ class LocalJobs:
             rows = read_descriptions(local, text_column=request.get("text_column"),
                                      max_rows=self.limits.max_batch_items,
                                      max_text_chars=self.limits.max_text_chars)
-            chunk, number, done, lease_at = [], 0, 0, time.monotonic()
+            chunk, number, done, failed, lease_at = [], 0, 0, 0, time.monotonic()
             for item in rows:
                 chunk.append(item)
                 if len(chunk) == self.config.chunk_rows:
-                    done += self._chunk(job_id, number, chunk, request, predictor_source, batcher, sink)
+                    done += self._chunk(job_id, row["kind"], number, chunk, request, predictor_source, batcher, sink)
+                    failed += sum(problem is not None for _, _, problem in chunk)
                     number, chunk = number + 1, []
-                    self._update(job_id, rows_done=done)
+                    self._update(job_id, rows_done=done, rows_failed=failed)
                     if message is not None and time.monotonic() - lease_at > self.config.lease_seconds / 3:
                         self.backend.events.extend(message, self.config.lease_seconds)
                         lease_at = time.monotonic()
@@ -301,15 +313,17 @@ class LocalJobs:
                     if self._row(job_id)["status"] == "cancelled":
                         return True
             if chunk:
-                done += self._chunk(job_id, number, chunk, request, predictor_source, batcher, sink)
+                done += self._chunk(job_id, row["kind"], number, chunk, request, predictor_source, batcher, sink)
+                failed += sum(problem is not None for _, _, problem in chunk)
                 number += 1
             output_key, versions = self._assemble(job_id, number, workdir)
             self._update(job_id, status="succeeded", ended_at=_now(), rows_done=done, rows_total=done,
-                         output_key=output_key, model_version=",".join(versions) or None, error=None)
+                         rows_failed=failed, output_key=output_key, model_version=",".join(versions) or None,
+                         error=None)
             metrics.JOBS.labels(row["kind"], "succeeded").inc()
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
-        self._call_back(job_id)
+        self._call_back(job_id, wait=message is None)
         return True
 
     def _scratch(self) -> Path:
@@ -320,7 +334,8 @@ class LocalJobs:
     def _part_key(self, job_id: str, number: int) -> str:
         return f"{PREFIX}/{job_id}/parts/{number:06d}.jsonl"
 
-    def _chunk(self, job_id: str, number: int, chunk: list, request: dict, predictor_source, batcher, sink) -> int:
+    def _chunk(self, job_id: str, kind: str, number: int, chunk: list, request: dict, predictor_source, batcher,
+               sink) -> int:
         """Answer one chunk into its part object; a part already there (a resumed job) is kept."""
         key = self._part_key(job_id, number)
         try:
@@ -353,8 +368,7 @@ class LocalJobs:
             from hsops.serving.predictor import log_answers
 
             log_answers(sink, job_id, texts, logged)
-        if logged:
-            metrics.PREDICTIONS.labels(logged[0]["model_version"], self.variant, "batch").inc(len(logged))
+        metrics.count_answers(logged, self.variant, kind)
         return len(chunk)
 
     def _assemble(self, job_id: str, parts: int, workdir: Path) -> tuple[str, list[str]]:
@@ -374,14 +388,56 @@ class LocalJobs:
             self.backend.objects.delete(self._part_key(job_id, number))
         return output_key, list(versions)
 
-    def _call_back(self, job_id: str) -> None:
-        request = json.loads(self._row(job_id)["request"])
-        url = request.get("callback_url")
+    def _call_back(self, job_id: str, *, wait: bool = True) -> None:
+        """Tell the job's ``callback_url`` that it ended.
+
+        From a runner (``wait=False``) the delivery goes to a small pool of its own: a
+        receiver that hangs, then is retried, must not hold the job queue for everyone
+        else. The job shows ``callback.pending`` until the outcome is recorded; a
+        delivery whose replica died meanwhile is taken up again by a later sweep
+        (``_redeliver_stale``), so a callback is delivered at least once.
+        """
+        url = json.loads(self._row(job_id)["request"]).get("callback_url")
         if not url:
             return
-        job = self.get(job_id, with_key=False)
-        outcome = deliver_callback(url, job, callback_secret(self.home), attempts=self.config.callback_attempts,
-                                   timeout=self.config.callback_timeout_s)
-        outcome["at"] = _now()
-        self._update(job_id, callback=json.dumps(outcome))
+        self._update(job_id, callback=json.dumps({"url": url, "pending": True, "delivered": False, "status": None,
+                                                  "attempts": 0, "error": None, "at": _now()}))
+        if wait:
+            self._deliver(job_id, url)
+            return
+        with self._pool_lock:
+            if self._deliveries is None:
+                self._deliveries = ThreadPoolExecutor(max_workers=4, thread_name_prefix="hsops-callbacks")
+            self._deliveries.submit(self._deliver, job_id, url)
 
+    def _deliver(self, job_id: str, url: str) -> None:
+        try:
+            job = self.get(job_id, with_key=False)
+            job.pop("callback", None)  # the receiver gets the job, not our delivery bookkeeping
+            job["sent_at"] = _now()  # signed with the rest: a receiver can refuse an old, replayed call
+            outcome = deliver_callback(url, job, callback_secret(self.home), attempts=self.config.callback_attempts,
+                                       timeout=self.config.callback_timeout_s)
+            outcome.update(pending=False, at=_now())
+            self._update(job_id, callback=json.dumps(outcome))
+        except Exception:  # noqa: BLE001 - left pending: a later sweep delivers it again
+            log.exception("callback of job %s could not be delivered", job_id)
+
+    def _stale_callback_seconds(self) -> float:
+        # longer than a delivery can take: every attempt timing out, plus the backoff waits
+        attempts = self.config.callback_attempts
+        return attempts * self.config.callback_timeout_s + 0.5 * 2 ** attempts + 30.0
+
+    def _redeliver_stale(self) -> None:
+        """Deliver again the callbacks left pending by a replica that died mid-delivery."""
+        cutoff = (datetime.now(timezone.utc) - timedelta(seconds=self._stale_callback_seconds())).isoformat(
+            timespec="milliseconds")
+        rows = self.state.db.conn().execute(
+            "SELECT job_id FROM jobs WHERE callback IS NOT NULL AND json_extract(callback, '$.pending') = 1 "
+            "AND json_extract(callback, '$.at') < ?", (cutoff,)).fetchall()
+        for (job_id,) in rows:
+            with self.state.db.transaction() as conn:  # claim it: one sweeper redelivers
+                claimed = conn.execute(
+                    "UPDATE jobs SET callback = json_set(callback, '$.at', ?) WHERE job_id = ? "
+                    "AND json_extract(callback, '$.at') < ?", (_now(), job_id, cutoff)).rowcount
+            if claimed:
+                self._call_back(job_id, wait=False)

@@ -20,6 +20,7 @@ on any replica reports them all. ``stop()`` drains every replica.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import logging
 import os
@@ -52,6 +53,15 @@ class _Replica:
     utilization: float = 0.0
 
 
+def is_loopback(host: str) -> bool:
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
 class ReplicaSupervisor:
     def __init__(self, home: Path, *, ref: str = "champion", host: str = "127.0.0.1", port: int = 8000,
                  config: ServingConfig | None = None, overrides: dict | None = None, pipelines: bool = False,
@@ -65,6 +75,15 @@ class ReplicaSupervisor:
         self.replicas: dict[int, _Replica] = {}
         self.cold_starts: list[float] = []
         self.events: list[dict] = []  # scale-ups, scale-downs, restarts (also logged)
+        if not is_loopback(host) and not (self.config.auth.predict_requires_key
+                                          and self.config.auth.metrics_requires_key):
+            # reachable from other machines: the open-on-localhost defaults would let
+            # anyone on the network predict at our cost and read the metrics
+            self.overrides = {**self.overrides, "auth": {**self.overrides.get("auth", {}),
+                                                         "predict_requires_key": True, "metrics_requires_key": True}}
+            self.config = load_config(self.home, self.overrides)
+            self.events.append({"at": time.time(), "event": "keys_required",
+                                "reason": f"{host} is not a loopback address: every call needs an API key"})
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._sock: socket.socket | None = None

@@ -73,6 +73,10 @@ MIGRATIONS: list[tuple[str, ...]] = [
         )""",
         "CREATE INDEX jobs_created ON jobs (created_at)",
     ),
+    # 4: rows of a job answered with an error instead of a prediction
+    (
+        "ALTER TABLE jobs ADD COLUMN rows_failed INTEGER NOT NULL DEFAULT 0",
+    ),
 ]
 
 _PREDICTION_COLUMNS = ("request_id", "batch_id", "created_at", "text", "hs_code", "confidence",
@@ -170,6 +174,8 @@ class StateStore:
         name = str(name).strip()
         if not name or len(name) > 100:
             raise ValueError("a key needs a name of 1 to 100 characters")
+        if not name.isprintable():  # a newline or escape would forge lines in listings and logs
+            raise ValueError("a key name must not contain control characters")
         scopes = check_scopes(scopes)
         plain, key_id, secret_hash = new_key()
         record = KeyRecord(key_id, name, secret_hash, scopes, _now())
