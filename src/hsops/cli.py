@@ -398,7 +398,7 @@ def _rows_seen_in_training(home: Path, dataset_version: Optional[str], texts: li
 
 # -- predict --------------------------------------------------------------------------------
 @app.command()
-def predict(texts: list[str] = typer.Argument(..., help="one or more product descriptions"),
+def predict(ctx: typer.Context, texts: list[str] = typer.Argument(..., help="one or more product descriptions"),
             model: str = typer.Option("champion", help="champion, challenger or NAME@VERSION"),
             top_k: int = typer.Option(3, min=1, max=20), explain: bool = typer.Option(False),
             server: Optional[str] = typer.Option(None, help="ask a running server (http://127.0.0.1:8000) "
@@ -417,11 +417,13 @@ def predict(texts: list[str] = typer.Argument(..., help="one or more product des
     for i, text in enumerate(texts):
         if check_text(text)[0] is None:
             _fail(f"description {i}: {check_text(text)[2]}")
-    if async_ and server is None:
-        _fail("--async needs --server URL (async jobs run in a server)")
-    if server is not None:
-        from hsops.cli_serving import remote_predict
+    from hsops.cli_serving import check_server_options, remote_predict
 
+    # a key from HSOPS_API_KEY is ambient, not asked for: only --key itself needs --server.
+    # (by name: typer carries its own copy of click, with its own ParameterSource)
+    source = ctx.get_parameter_source("key")
+    check_server_options(server, use_async=async_, key_given=getattr(source, "name", None) == "COMMANDLINE")
+    if server is not None:
         items = remote_predict(server, list(texts), top_k=top_k, explain=explain, use_async=async_, key=key)
         if as_json:
             _emit_json([{"description": t, **item} for t, item in zip(texts, items)])

@@ -4,14 +4,19 @@ the inference patterns and their security from the command line."""
 from __future__ import annotations
 
 import json
+import os
+import re
 import signal
 import threading
 import time
+import unicodedata
 from pathlib import Path
-from typing import Optional
+from typing import BinaryIO, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from hsops._cli_common import _emit_json, _fail, console, err
 from hsops._config import hsops_home
@@ -82,13 +87,29 @@ def _state():
     return StateStore(hsops_home())
 
 
+KEY_NAME_MAX = 64
+_KEY_NAME_PUNCTUATION = frozenset(" ._-@")
+
+
+def _key_name(name: str) -> str:
+    """The name as stored, or a failure: 1 to 64 letters, digits, spaces and ``. _ - @``.
+
+    The name is shown in ``keys list`` and in logs: a newline or a control character would
+    break the table and forge log lines, so it is refused rather than cleaned."""
+    name = unicodedata.normalize("NFC", name).strip()  # "é" typed as e + accent is one letter
+    if not 1 <= len(name) <= KEY_NAME_MAX or not all(c.isalnum() or c in _KEY_NAME_PUNCTUATION for c in name):
+        _fail(f"a key name is 1 to {KEY_NAME_MAX} characters: letters, digits, spaces and . _ - @; "
+              f"got {escape(repr(name))}")
+    return name
+
+
 @keys_app.command("create")
 def keys_create(name: str = typer.Argument(..., help="who or what the key is for"),
                 scope: list[str] = typer.Option(["predict"], "--scope", help="predict, feedback or admin (repeat)"),
                 as_json: bool = typer.Option(False, "--json")):
     """Create a key. It is shown once: only its hash is stored."""
     try:
-        plain, record = _state().add_key(name, scope)
+        plain, record = _state().add_key(_key_name(name), scope)
     except ValueError as exc:
         _fail(str(exc))
     if as_json:
@@ -128,6 +149,100 @@ def keys_revoke(key_id: str = typer.Argument(..., help="the key's id, or the who
 
 
 # -- batch and jobs -------------------------------------------------------------------------
+def _checked_out(out: Path) -> None:
+    """``--out`` checked before any work, the same for ``batch`` and ``jobs results``: not a
+    directory, its missing folders made, its folder writable. A job is not worth running
+    when its predictions cannot be saved where asked."""
+    if out.is_dir():
+        _fail(f"--out {escape(str(out))} is a directory; give a file path, e.g. "
+              f"{escape(str(out / 'predictions.jsonl'))}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        _fail(f"--out {escape(str(out))}: {escape(str(out.parent))} cannot be a folder (a file is in the way)")
+    except OSError as exc:  # no permission, a read-only file system
+        _fail(f"--out {escape(str(out))}: cannot create the folder {escape(str(out.parent))} "
+              f"({exc.strerror or exc})")
+    if out.exists() and not out.is_file():  # /dev/stdout, a FIFO: written in place (_save_output)
+        if not os.access(out, os.W_OK):
+            _fail(f"--out {escape(str(out))}: cannot write to it (permission denied)")
+    elif not os.access(out.parent, os.W_OK | os.X_OK):  # the temp file and the rename need the folder
+        _fail(f"--out {escape(str(out))}: cannot write in {escape(str(out.parent))} (permission denied)")
+
+
+def _new_file_mode(out: Path) -> int:
+    """The mode ``out`` would have if written with ``open()``: its own if it exists, else
+    0666 less the umask. (The temp file it replaces it with is created 0600.)"""
+    try:
+        return out.stat().st_mode & 0o777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def _save_output(src: BinaryIO, out: Path) -> None:
+    """Copy ``src`` to ``out`` atomically: a temp file in the same folder, renamed over
+    ``out`` once complete, so a reader or a crash never sees half a predictions file."""
+    import shutil
+    import tempfile
+
+    if out.exists() and not out.is_file():  # /dev/stdout, a FIFO: written in place, not replaced
+        with open(out, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        return
+    fd, temp = tempfile.mkstemp(prefix=".hsops-out-", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+            dst.flush()
+            os.fsync(dst.fileno())
+        os.chmod(temp, _new_file_mode(out))
+        os.replace(temp, out)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def _write_results(jobs, job_id: str, out: Path) -> None:
+    """A finished job's predictions into ``out``; failing says where they still are."""
+    from hsops.platform.backend import ObjectNotFound
+
+    try:
+        with jobs.open_results(job_id) as src:
+            _save_output(src, out)
+    except ObjectNotFound as exc:  # a succeeded job whose output was deleted from the store
+        _fail(f"job {job_id}: its predictions are gone ({exc})", code=1)
+    except OSError as exc:
+        _fail(f"cannot write {escape(str(out))} ({exc.strerror or exc}); the predictions are kept: "
+              f"`hsops jobs results {job_id} --out FILE`", code=1)
+
+
+def _object_name(path: Path) -> str:
+    """The input file's name as an object key part: only ``[A-Za-z0-9._-]`` (a newline or
+    a '/' in a file name is not a valid key), at most 100 characters. The end is kept: the
+    job tells CSV, JSONL, TXT ... apart by the suffix."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", path.name)[-100:]
+
+
+def _rows(n: int) -> str:
+    return f"{n} row" + ("" if n == 1 else "s")
+
+
+def _rows_failed(job: dict) -> int:
+    """Rows written with an error instead of an answer (0 from a server that does not say)."""
+    return int((job.get("progress") or {}).get("rows_failed") or 0)
+
+
+def _rows_summary(job: dict) -> str:
+    """'4 rows: 1 answered, 3 could not be answered (...)': a row with an error is not an answer."""
+    done, failed = job["progress"]["rows_done"], _rows_failed(job)
+    summary = f"{_rows(done)}: {done - failed} answered"
+    if failed:
+        summary += f", {failed} could not be answered (see the error field in the output)"
+    return summary
+
+
 def _run_job(kind: str, request: dict, model: str, quiet: bool) -> dict:
     """Submit a job and run it here, through the same code a serving replica runs."""
     from hsops.models.artifact import ArtifactError
@@ -186,21 +301,23 @@ def batch(path: Path = typer.Argument(..., help="CSV/TSV/JSONL/Parquet (descript
     from hsops.platform.local.backend import LocalBackend
 
     if not path.is_file():
-        _fail(f"no file {path}")
+        _fail(f"no file {escape(str(path))}")
+    if out is not None:
+        _checked_out(out)
     backend = LocalBackend(hsops_home())
-    key = f"batch/{sha256_file(path)[:16]}-{path.name}"
+    key = f"batch/{sha256_file(path)[:16]}-{_object_name(path)}"
     backend.objects.put(key, path)
     request = {"object_key": key, "top_k": top_k, **({"text_column": text_column} if text_column else {})}
     job = _run_job("batch", request, model, quiet=as_json)
     if job.get("status") == "succeeded" and out is not None:
-        backend.objects.download(job["output_key"], out)
+        _write_results(_jobs(), job["job_id"], out)
     if as_json:
         _emit_json(job)
     elif job.get("status") != "succeeded":
         _fail(f"job {job.get('job_id')} {job.get('status')}: {job.get('error')}")
     else:
-        console.print(f"{job['job_id']}: {job['progress']['rows_done']} rows answered with {job['model_version']} "
-                      f"-> {out or 'object ' + job['output_key']}")
+        console.print(f"{job['job_id']} with {job['model_version']}: {_rows_summary(job)} "
+                      f"-> {out or 'object ' + job['output_key']}", markup=False, highlight=False)
     if job.get("status") != "succeeded":
         raise typer.Exit(1)
 
@@ -215,12 +332,18 @@ def jobs_list(limit: int = typer.Option(20, min=1, max=1000), as_json: bool = ty
         _emit_json(rows)
         return
     table = Table(title="Jobs")
-    for col in ("job", "kind", "status", "created", "rows", "model", "error"):
-        table.add_column(col)
+    # a job id is what the other commands take: never cut, even on a narrow console (its
+    # min_width holds when every column has to shrink). The error gives way first, cut to
+    # one line (`hsops jobs status ID` shows it whole)
+    table.add_column("job", no_wrap=True, min_width=max((len(r["job_id"]) for r in rows), default=3))
+    for col in ("kind", "status", "created (UTC)", "rows", "model"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("error")
     for r in rows:
-        table.add_row(r["job_id"], r["kind"], r["status"], r["created_at"],
+        error = " ".join((r["error"] or "").split())  # a traceback's newlines would make rows of it
+        table.add_row(Text(r["job_id"]), r["kind"], r["status"], r["created_at"][:19].replace("T", " "),
                       f"{r['rows_done']}/{r['rows_total'] if r['rows_total'] is not None else '?'}",
-                      r["model_version"] or "", (r["error"] or "")[:60])
+                      Text(r["model_version"] or ""), Text(error, no_wrap=True, overflow="ellipsis"))
     console.print(table)
 
 
@@ -245,9 +368,12 @@ def jobs_status(job_id: str = typer.Argument(...), as_json: bool = typer.Option(
     if as_json:
         _emit_json(job)
         return
-    p = job["progress"]
-    console.print(f"{job['job_id']} ({job['kind']}): {job['status']}, {p['rows_done']}/{p['rows_total'] or '?'} "
-                  f"rows, model {job['model_version'] or '-'}" + (f", error: {job['error']}" if job["error"] else ""))
+    p, failed = job["progress"], _rows_failed(job)
+    rows = f"{p['rows_done']}/{p['rows_total'] or '?'} rows"
+    if failed:
+        rows += f" ({p['rows_done'] - failed} answered, {failed} could not be answered)"
+    console.print(f"{job['job_id']} ({job['kind']}): {job['status']}, {rows}, model {job['model_version'] or '-'}"
+                  + (f", error: {job['error']}" if job["error"] else ""), markup=False, highlight=False)
 
 
 @jobs_app.command("results")
@@ -259,6 +385,8 @@ def jobs_results(job_id: str = typer.Argument(...),
 
     from hsops.serving.jobs import JobNotFound
 
+    if out is not None:
+        _checked_out(out)
     jobs = _jobs()
     try:
         job = jobs.get(job_id)
@@ -266,12 +394,11 @@ def jobs_results(job_id: str = typer.Argument(...),
         _fail(f"no job {job_id!r}")
     if job["status"] != "succeeded":
         _fail(f"job {job_id} is {job['status']}; results exist once it succeeded")
+    if out is not None:
+        _write_results(jobs, job_id, out)
+        return
     with jobs.open_results(job_id) as src:
-        if out is None:
-            shutil.copyfileobj(src, sys.stdout.buffer)
-        else:
-            with open(out, "wb") as dst:
-                shutil.copyfileobj(src, dst)
+        shutil.copyfileobj(src, sys.stdout.buffer)
 
 
 @jobs_app.command("cancel")
@@ -287,15 +414,57 @@ def jobs_cancel(job_id: str = typer.Argument(...)):
 
 
 # -- the HTTP API as a client ----------------------------------------------------------------
+def check_server_options(server: str | None, *, key_given: bool, use_async: bool) -> None:
+    """``--key`` and ``--async`` only mean something with ``--server``: refused without it,
+    not ignored (a key silently unused, or an answer computed here instead of by a job,
+    would hide a mistake). ``key_given`` is false for a key that came from HSOPS_API_KEY:
+    the environment is ambient, not a request."""
+    given = [flag for flag, on in (("--key", key_given), ("--async", use_async)) if on]
+    if server is None and given:
+        _fail(f"{' and '.join(given)} need{'s' if len(given) == 1 else ''} --server URL: keys and async "
+              "jobs are for a running server (`hsops serve`); without --server the model is loaded here")
+
+
+def server_url(server: str) -> str:
+    """``--server`` as the base URL the API paths (/v1/...) are joined to, or a failure.
+
+    http or https, a host and a valid port. A trailing '/' or '/v1' is dropped: the API's
+    own URL is what people paste, and /v1/v1/predict would be a 404 that does not say why.
+    Any other path is kept (a proxy may serve the API under a prefix)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    import httpx
+
+    shown = escape(repr(server))
+    try:
+        parts = urlsplit(server.strip())
+        port = parts.port  # checked when read: out of range or not a number raises here
+    except ValueError as exc:
+        _fail(f"--server {shown} is not a valid URL ({exc})")
+    if parts.scheme not in ("http", "https"):
+        _fail(f"--server must be an http(s) URL such as http://127.0.0.1:8000, got {shown}")
+    if not parts.hostname:
+        _fail(f"--server {shown} has no host (e.g. http://127.0.0.1:8000)")
+    if port == 0:
+        _fail(f"--server {shown}: the port must be 1 to 65535")
+    if parts.query or parts.fragment:
+        _fail(f"--server {shown}: give the server's base URL, without ?query or #fragment")
+    path = parts.path.rstrip("/").removesuffix("/v1").rstrip("/")
+    base = urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+    try:
+        httpx.URL(base)  # what the client will parse: a host with spaces, say
+    except httpx.InvalidURL as exc:
+        _fail(f"--server {shown} is not a valid URL ({exc})")
+    return base
+
+
 def remote_predict(server: str, texts: list[str], *, top_k: int, explain: bool, use_async: bool,
                    key: str | None, timeout: float = 600.0) -> list[dict]:
     """Predictions from a running server: ``POST /v1/predict``, or with ``use_async`` a job
     from ``POST /v1/predict/async`` polled at ``GET /v1/jobs/{id}`` until it ends."""
     import httpx
 
-    base = server.rstrip("/")
-    if not base.startswith(("http://", "https://")):
-        _fail(f"--server must be an http(s) URL, got {server!r}")
+    base = server_url(server)
     headers = {"authorization": f"Bearer {key}"} if key else {}
     body = {"descriptions": texts, "top_k": top_k, "explain": explain}
 
@@ -328,6 +497,22 @@ def remote_predict(server: str, texts: list[str], *, top_k: int, explain: bool, 
 
 
 # -- invoke (the Lambda-style handler) ------------------------------------------------------
+def _queued_job_id(response: dict) -> str | None:
+    """The job id of a 202 proxy response (``POST /v1/predict/async``, ``POST /v1/batch``)."""
+    import base64
+
+    if response.get("statusCode") != 202:
+        return None
+    try:
+        body = response.get("body") or ""
+        if response.get("isBase64Encoded"):
+            body = base64.b64decode(body)
+        job_id = json.loads(body).get("job_id")
+    except (ValueError, TypeError, AttributeError):  # not JSON, not base64, not an object
+        return None
+    return job_id if isinstance(job_id, str) else None
+
+
 def invoke(event: Optional[Path] = typer.Option(None, help="an API Gateway proxy event (JSON file)"),
            describe: list[str] = typer.Option([], "--describe", help="build a POST /v1/predict event for "
                                               "these descriptions (repeat)"),
@@ -356,5 +541,9 @@ def invoke(event: Optional[Path] = typer.Option(None, help="an API Gateway proxy
     except ConfigError as exc:  # the app is built on the first event: serving.json is read then
         _fail(f"serving config: {exc}")
     _emit_json(response)
+    if (job_id := _queued_job_id(response)) is not None:
+        # this process ends here: the job waits in the queue for a process that runs jobs
+        err.print(f"[yellow]note:[/] job {escape(job_id)} is queued; it runs while `hsops serve` or `hsops up` "
+                  f"is running (follow it with `hsops jobs status {escape(job_id)}`)")
     if response.get("statusCode", 500) >= 400:  # printed as Lambda returns it; the exit code says it failed
         raise typer.Exit(1)
