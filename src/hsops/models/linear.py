@@ -114,6 +114,24 @@ class _HybridScorer:
         self.sparse = sparse.csr_matrix(keep @ weights, dtype=np.float32)
         self.sparse.eliminate_zeros()
 
+    @classmethod
+    def from_parts(cls, dense_features: np.ndarray, dense: np.ndarray, sparse_part: sparse.csr_matrix):
+        """The scorer as saved (``parts``): no splitting to redo when a replica starts."""
+        n_features, n_classes = sparse_part.shape
+        if dense.shape != (len(dense_features), n_classes) or (
+                len(dense_features) and not 0 <= dense_features.min() <= dense_features.max() < n_features):
+            raise ValueError("the saved scorer's dense rows do not fit its sparse part")
+        scorer = cls.__new__(cls)
+        scorer.dense_features, scorer.dense, scorer.sparse = dense_features, dense, sparse_part
+        return scorer
+
+    def parts(self) -> dict[str, np.ndarray]:
+        s = self.sparse
+        index = np.int32 if s.nnz < 2**31 and s.shape[1] < 2**31 else np.int64  # one dtype: scipy keeps them as is
+        return {"dense_features": self.dense_features.astype(np.int64), "dense": self.dense,
+                "data": s.data, "indices": s.indices.astype(index), "indptr": s.indptr.astype(index),
+                "shape": np.array(s.shape)}
+
     def whole(self) -> sparse.csr_matrix:
         """The original matrix: the dense rows put back among the sparse ones."""
         n_features, n_dense = self.sparse.shape[0], len(self.dense_features)
@@ -278,9 +296,10 @@ class TfidfLinearClassifier(Classifier):
     def save(self, directory: Path) -> None:
         directory = save_directory(directory, getattr(self, "_scorer", None) is not None)
         self.featurizer_.save(directory)
-        w = self.weights_
-        np.savez_compressed(directory / WEIGHTS_FILE, data=w.data, indices=w.indices.astype(np.int32),
-                            indptr=w.indptr.astype(np.int64), shape=np.array(w.shape), bias=self.bias_)
+        # the scorer's own parts, uncompressed: a replica's cold start is mostly this file,
+        # and inflating it and splitting the matrix again took longer than reading it
+        # twice the size (verifying its SHA-256 reads it anyway)
+        np.savez(directory / WEIGHTS_FILE, bias=self.bias_, **self._scorer.parts())
         params = {**self.get_params(), "char_ngrams": list(self.char_ngrams)}
         write_model_json(directory, self.kind, params, self.classes_,
                          history=getattr(self, "history_", []))
@@ -295,7 +314,12 @@ class TfidfLinearClassifier(Classifier):
         with np.load(directory / WEIGHTS_FILE, allow_pickle=False) as f:
             shape = tuple(int(s) for s in f["shape"])
             weights = sparse.csr_matrix((f["data"], f["indices"], f["indptr"]), shape=shape)
-            model._set_weights(weights, f["bias"])
+            if "dense" in f.files:
+                model._weights_by_class = None
+                model._scorer = _HybridScorer.from_parts(f["dense_features"], f["dense"], weights)
+                model.bias_ = np.asarray(f["bias"], dtype=np.float32)
+            else:  # saved before the scorer's parts were (the whole matrix, compressed)
+                model._set_weights(weights, f["bias"])
         if weights.shape != (model.featurizer_.n_features, len(model.classes_)):
             raise ValueError(f"{directory}: weight shape {weights.shape} does not match the "
                              "featurizer and classes")
