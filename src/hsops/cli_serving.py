@@ -270,7 +270,7 @@ def _run_job(kind: str, request: dict, model: str, quiet: bool) -> dict:
         worker = threading.Thread(target=lambda: result.update(runtime.jobs.run_now(
             job["job_id"], runtime.source, runtime.app.state.batcher, runtime.sink)), daemon=True)
         worker.start()
-        if quiet:
+        if quiet or not err.is_terminal:  # a progress bar on a pipe or file is only noise
             worker.join()
         else:
             from rich.progress import Progress
@@ -316,7 +316,8 @@ def batch(path: Path = typer.Argument(..., help="CSV/TSV/JSONL/Parquet (descript
     elif job.get("status") != "succeeded":
         _fail(f"job {job.get('job_id')} {job.get('status')}: {job.get('error')}")
     else:
-        console.print(f"{job['job_id']} with {job['model_version']}: {_rows_summary(job)} "
+        # no version when no row could be answered: name the model asked for instead
+        console.print(f"{job['job_id']} with {job['model_version'] or model}: {_rows_summary(job)} "
                       f"-> {out or 'object ' + job['output_key']}", markup=False, highlight=False)
     if job.get("status") != "succeeded":
         raise typer.Exit(1)
@@ -396,6 +397,7 @@ def jobs_results(job_id: str = typer.Argument(...),
         _fail(f"job {job_id} is {job['status']}; results exist once it succeeded")
     if out is not None:
         _write_results(jobs, job_id, out)
+        err.print(f"{job_id}: {_rows(job['progress']['rows_done'])} written to {escape(str(out))}")
         return
     with jobs.open_results(job_id) as src:
         shutil.copyfileobj(src, sys.stdout.buffer)
@@ -403,13 +405,17 @@ def jobs_results(job_id: str = typer.Argument(...),
 
 @jobs_app.command("cancel")
 def jobs_cancel(job_id: str = typer.Argument(...)):
-    """Cancel a queued or running job."""
-    from hsops.serving.jobs import JobNotFound
+    """Cancel a queued or running job (one that has ended is left as it is: exit 1)."""
+    from hsops.serving.jobs import ENDED, JobNotFound
 
+    jobs = _jobs()
     try:
-        job = _jobs().cancel(job_id)
+        status = jobs.get(job_id)["status"]
+        job = jobs.cancel(job_id) if status not in ENDED else None
     except JobNotFound:
-        _fail(f"no job {job_id!r}")
+        _fail(f"no job {escape(repr(job_id))}")
+    if job is None:
+        _fail(f"job {job_id} has already ended ({status}); nothing to cancel", code=1)
     console.print(f"{job_id}: {job['status']}")
 
 

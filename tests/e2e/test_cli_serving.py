@@ -121,10 +121,13 @@ def test_batch_a_file_then_follow_the_job(home, tmp_path):
     results = run(["jobs", "results", job["job_id"]], home).stdout
     assert results == out.read_text(encoding="utf-8")
     copy = tmp_path / "copy.jsonl"
-    run(["jobs", "results", job["job_id"], "--out", str(copy)], home)
+    saved = run(["jobs", "results", job["job_id"], "--out", str(copy)], home)
     assert copy.read_bytes() == out.read_bytes()
+    assert "4 rows written to" in " ".join(saved.stderr.split())  # not silent
     human = run(["jobs", "status", job["job_id"]], home).stdout
     assert job["job_id"] in human and "succeeded" in human
+    ended = run(["jobs", "cancel", job["job_id"]], home, check=False)  # as the API's 409
+    assert ended.returncode == 1 and "already ended (succeeded)" in " ".join(ended.stderr.split())
 
 
 def test_batch_a_text_file_without_json(home, tmp_path):
@@ -133,6 +136,14 @@ def test_batch_a_text_file_without_json(home, tmp_path):
     proc = run(["batch", str(data)], home)
     assert "3 rows: 3 answered" in proc.stdout and "hs-classifier@1" in proc.stdout
     assert "could not be answered" not in proc.stdout
+    assert proc.stderr == ""  # no progress bar residue when stderr is not a terminal
+
+
+def test_batch_with_nothing_answerable_names_the_model(home, tmp_path):
+    data = tmp_path / "marks.txt"
+    data.write_text("---\n***\n", encoding="utf-8")
+    proc = run(["batch", str(data)], home)
+    assert "with champion: 2 rows: 0 answered" in " ".join(proc.stdout.split()) and "None" not in proc.stdout
 
 
 def test_batch_says_how_many_rows_could_not_be_answered(home, tmp_path):

@@ -136,6 +136,19 @@ def test_no_key_is_401_before_the_body_is_read(api, path):
     assert_401(api().post(path, content=b"{", headers={"content-type": "application/json"}))
 
 
+@pytest.mark.parametrize("method, path, content, headers", [
+    ("POST", "/v1/predict/async", b"{{{", {"content-type": "application/json"}),  # would be 400
+    ("POST", "/v1/predict", b"{{{", {"content-type": "application/json"}),
+    ("POST", "/v1/batch", b"{}", {}),  # would be 415
+    ("POST", "/v1/predict", b"x", {"content-length": "999999999"}),  # would be 413
+    ("GET", "/metrics", None, {}),  # open, but a wrong key is still wrong
+    ("GET", "/healthz", None, {}),
+])
+def test_a_wrong_key_is_401_before_anything_else_is_checked(api, method, path, content, headers):
+    response = api().request(method, path, content=content, headers={**headers, "x-api-key": UNKNOWN_KEY})
+    assert_401(response)
+
+
 @pytest.mark.parametrize("method, path, body", KEYED)
 @pytest.mark.parametrize("header", [
     {"authorization": f"Bearer {UNKNOWN_KEY}"},  # well formed, no such key

@@ -180,6 +180,24 @@ def test_batch_on_other_formats_gives_the_same_answers(env, name, content):
     assert answers_of(records) == env.expected(GOOD)
 
 
+@pytest.mark.parametrize("name, content", [
+    ("blank.csv", f"description\n{GOOD[0]}\n\n   \n{GOOD[1]}\n\n\n"),
+    ("blank.txt", f"{GOOD[0]}\n\n   \n{GOOD[1]}\n\n"),
+    ("blank.jsonl", json.dumps({"description": GOOD[0]}) + "\n\n  \n" + json.dumps({"description": GOOD[1]}) + "\n\n"),
+])
+def test_blank_lines_inside_a_file_are_rows_with_an_error(env, name, content):
+    """Answered line for line: a blank row in the middle keeps its place (and the rows
+    after it their numbers); blank lines after the last row are not rows."""
+    env.backend.objects.put(f"batch/{name}", content.encode())
+    jobs = env.jobs()
+    done = env.run(jobs, jobs.submit("batch", {"object_key": f"batch/{name}"}, publish=False))
+    records = env.records(done)
+    assert [r["row"] for r in records] == [1, 2, 3, 4]
+    assert [r["text"] for r in records] == [GOOD[0], None, None, GOOD[1]]
+    assert records[1]["error"] == records[2]["error"] == "the row is blank"
+    assert done["progress"]["rows_failed"] == 2 and done["progress"]["rows_done"] == 4
+
+
 def test_batch_results_through_the_api_are_the_predictions_file(registered):
     app = build_app(registered)
     runtime = app.state.runtime
@@ -428,6 +446,8 @@ def test_too_many_inline_descriptions_are_422_over_the_api(registered):
     "ftp://127.0.0.1/x",
     "http://127.0.0.1:99999/x",
     "http://127.0.0.1:0/done",
+    "http://[::1",
+    "http://[zz]/x",
     "not a url",
     "",
 ])

@@ -227,3 +227,31 @@ def test_a_custom_app_factory_is_honoured(registered, monkeypatch, tmp_path):
     finally:
         lambda_handler.reset()
     assert response["statusCode"] == 200 and json.loads(response["body"]) == {"app": "custom"}
+
+
+def test_an_error_inside_the_app_is_a_500_proxy_response_not_a_raise(registered, monkeypatch, tmp_path):
+    """Starlette answers 500 and then re-raises; on AWS a raise is an invocation error
+    (retried, or lost to the caller), so the handler returns the answer instead."""
+    (tmp_path / "failing_lambda_app.py").write_text(
+        "from fastapi import FastAPI\n\n"
+        "def make():\n"
+        "    app = FastAPI()\n\n"
+        "    @app.get('/boom')\n"
+        "    def boom():\n"
+        "        raise RuntimeError('a bug')\n"
+        "    return app\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("HSOPS_LAMBDA_APP", "failing_lambda_app:make")
+    lambda_handler.reset()
+    try:
+        response = lambda_handler.handler(v2_event("GET", "/boom"), None)
+    finally:
+        lambda_handler.reset()
+    assert response["statusCode"] == 500
+
+
+def test_a_malformed_callback_url_is_a_422_through_the_handler(handler, registered):
+    plain, _ = StateStore(registered).add_key("t", ["predict"])
+    response = handler(v2_event(body={"descriptions": ["AIR FILTER"], "callback_url": "http://[::1"},
+                                path="/v1/predict/async", headers={"authorization": f"Bearer {plain}"}), None)
+    assert response["statusCode"] == 422 and "not a valid URL" in body_of(response)["message"]

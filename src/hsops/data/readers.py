@@ -42,6 +42,9 @@ def _undecodable(encoding: str) -> str:
     return f"{UNDECODABLE} {encoding}{hint}"
 
 
+BLANK_ROW = "the row is blank"
+
+
 class DataFileError(ValueError):
     """The file as a whole cannot be read as a labelled table."""
 
@@ -226,7 +229,8 @@ def _read_delimited(path: Path, delimiter: str, text_column: str | None,
                 yield RawRow(number, None, None, {"line": reader.line_num}, f"malformed CSV: {exc}")
                 continue
             if not fields or (len(fields) == 1 and not fields[0].strip()):
-                continue  # a blank line is not a row
+                yield RawRow(0, None, None, {}, BLANK_ROW)  # read_table drops or numbers it
+                continue
             number += 1
             consumed = lines.consumed
             if len(consumed) > 1 and len(fields) != len(header):
@@ -255,6 +259,7 @@ def _read_jsonl(path: Path, text_column: str | None, label_column: str | None,
         columns: tuple[str, str] | None = None
         for line in stream:
             if not line.strip():
+                yield RawRow(0, None, None, {}, BLANK_ROW)  # read_table drops or numbers it
                 continue
             number += 1
             if _has_undecodable(line):
@@ -308,11 +313,14 @@ def _read_parquet(path: Path, text_column: str | None, label_column: str | None)
 
 
 def read_table(path: str | Path, *, text_column: str | None = None, label_column: str | None = None,
-               fmt: str | None = None, encoding: str | None = None) -> Iterator[RawRow]:
+               fmt: str | None = None, encoding: str | None = None, keep_blank: bool = False) -> Iterator[RawRow]:
     """Yield every data row of ``path``; see the module docstring for error handling.
 
     ``encoding`` applies to CSV/TSV/JSONL (default: UTF-8, or UTF-16 when the file
-    starts with its byte-order mark).
+    starts with its byte-order mark). A blank line is not a row for a dataset; with
+    ``keep_blank`` (prediction inputs, answered line for line) it is one, with the
+    problem ``BLANK_ROW``, so the output keeps the input's row numbers. Blank lines at
+    the end of the file are dropped either way.
     """
     path = Path(path)
     fmt = fmt or detect_format(path)
@@ -325,7 +333,21 @@ def read_table(path: str | Path, *, text_column: str | None = None, label_column
         rows = _read_jsonl(path, text_column, label_column, encoding)
     else:
         rows = _read_delimited(path, "\t" if fmt == "tsv" else ",", text_column, label_column, encoding)
-    return _guard_compression(path, rows)
+    return _numbered(_guard_compression(path, rows), keep_blank)
+
+
+def _numbered(rows: Iterator[RawRow], keep_blank: bool) -> Iterator[RawRow]:
+    number, blanks = 0, 0
+    for row in rows:
+        if row.problem == BLANK_ROW:
+            blanks += keep_blank  # held back: only a row after them makes them rows
+            continue
+        for _ in range(blanks):
+            number += 1
+            yield RawRow(number, None, None, {}, BLANK_ROW)
+        blanks, number = 0, number + 1
+        row.number = number
+        yield row
 
 
 def _guard_compression(path: Path, rows: Iterator[RawRow]) -> Iterator[RawRow]:

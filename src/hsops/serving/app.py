@@ -131,7 +131,8 @@ def create_app(predictor_source: Callable[[], Predictor], sink: PredictionSink |
                        larger={"/v1/batch": max(max_body_bytes, limits.max_batch_body_bytes)},
                        body_timeout_s=limits.body_timeout_s, state=state,
                        keyed_paths=frozenset({"/v1/predict/async", "/v1/batch"}
-                                             | ({"/v1/predict"} if config.auth.predict_requires_key else set())))
+                                             | ({"/v1/predict"} if config.auth.predict_requires_key else set())),
+                       authenticator=authenticator)
     app.add_middleware(AccessLog, state=state)
 
     def scope(name: str, required: bool):

@@ -23,7 +23,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from starlette.datastructures import MutableHeaders
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("hsops.serving")
@@ -67,6 +67,7 @@ def error_response(request_id: str | None, status: int, error: str, message: str
 
 # -- request guard (ASGI middleware) --------------------------------------------------------
 _TOO_LARGE = object()
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="hsops"'}
 
 
 class RequestGuard:
@@ -80,7 +81,7 @@ class RequestGuard:
 
     def __init__(self, app, max_body_bytes: int, drain_cap_bytes: int = 16 * 1024 * 1024,
                  larger: dict[str, int] | None = None, body_timeout_s: float = 10.0, state=None,
-                 keyed_paths: frozenset[str] = frozenset()):
+                 keyed_paths: frozenset[str] = frozenset(), authenticator=None):
         """``larger``: paths allowed a bigger body than ``max_body_bytes``. ``state``: the
         replica's ``ServingState``, whose ``in_flight`` counts requests from the moment
         their body is in (a client still sending is not holding an admission slot)."""
@@ -93,6 +94,9 @@ class RequestGuard:
         # POSTs that always need a key: one without any credentials is refused before
         # its body (up to 50 MB) is read and parsed; the key itself is checked later
         self.keyed_paths = keyed_paths
+        # credentials that are sent are checked here too, on every path: a wrong key is a
+        # 401 before anything else is looked at (body, content type, size)
+        self.authenticator = authenticator
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -105,12 +109,21 @@ class RequestGuard:
                 MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
             await send(message)
 
-        if (scope.get("path") in self.keyed_paths and scope.get("method") == "POST"
-                and not any(k.lower() in (b"authorization", b"x-api-key") for k, _ in scope.get("headers", []))):
+        credentials = any(k.lower() in (b"authorization", b"x-api-key") for k, _ in scope.get("headers", []))
+        if credentials and self.authenticator is not None:
+            from hsops.serving.auth import AuthError, presented_key
+
+            try:
+                key = presented_key(Headers(scope=scope))
+                if key is not None:
+                    self.authenticator.verify(key)
+            except AuthError as exc:
+                return await error_response(request_id, 401, exc.error, exc.message, headers=_CHALLENGE)(
+                    scope, receive, send)
+        elif not credentials and scope.get("path") in self.keyed_paths and scope.get("method") == "POST":
             return await error_response(
                 request_id, 401, "unauthorized", "this call needs an API key (Authorization: Bearer <key>; "
-                "create one with `hsops keys create`)", headers={"WWW-Authenticate": 'Bearer realm="hsops"'})(
-                scope, receive, send)
+                "create one with `hsops keys create`)", headers=_CHALLENGE)(scope, receive, send)
         limit = self.larger.get(scope.get("path", ""), self.max_body_bytes)
         too_large = (f"request body is larger than the limit of {limit} bytes; "
                      "send fewer or shorter descriptions per request")

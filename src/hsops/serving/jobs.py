@@ -71,7 +71,7 @@ def read_descriptions(path: Path, *, text_column: str | None, max_rows: int,
                       max_text_chars: int) -> Iterator[tuple[int, str | None, str | None]]:
     """``(row, text, problem)`` for each row of a prediction input file.
 
-    ``.txt`` (optionally ``.gz``): one description per non-blank line. Otherwise any
+    ``.txt`` (optionally ``.gz``): one description per line. Otherwise any
     table ``hsops ingest`` reads (CSV/TSV/JSONL/Parquet); a code column is not needed.
     A row that cannot be answered comes out with ``problem`` set, never dropped.
     """
@@ -83,7 +83,7 @@ def read_descriptions(path: Path, *, text_column: str | None, max_rows: int,
     else:
         try:
             rows = ((r.number, r.text, r.problem) for r in read_table(path, text_column=text_column,
-                                                                      label_column=NO_LABEL))
+                                                                      label_column=NO_LABEL, keep_blank=True))
         except DataFileError as exc:
             raise JobError(str(exc)) from exc
     count = 0
@@ -99,18 +99,24 @@ def read_descriptions(path: Path, *, text_column: str | None, max_rows: int,
         raise JobError(str(exc)) from exc
 
 
-def _read_lines(path: Path) -> Iterator[tuple[int, str, str | None]]:
+def _read_lines(path: Path) -> Iterator[tuple[int, str | None, str | None]]:
     import gzip
+
+    from hsops.data.readers import BLANK_ROW
 
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     try:
         with opener(path, "rb") as f:
-            number = 0
+            number, blanks = 0, 0
             for raw in f:
                 line = raw.rstrip(b"\r\n")
                 if not line.strip():
+                    blanks += 1  # a row only if a line follows: trailing blank lines are not rows
                     continue
-                number += 1
+                for _ in range(blanks):
+                    number += 1
+                    yield number, None, BLANK_ROW
+                blanks, number = 0, number + 1
                 try:
                     yield number, line.decode("utf-8"), None
                 except UnicodeDecodeError:
@@ -132,7 +138,10 @@ def description_problem(text, max_chars: int) -> str | None:
 
 # -- callbacks ------------------------------------------------------------------------------
 def check_callback_url(url: str, allowed_hosts: tuple[str, ...]) -> str:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # "http://[::1": an unclosed or invalid IPv6 host
+        raise JobError(f"callback_url is not a valid URL ({exc}): {url[:200]!r}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise JobError(f"callback_url must be an http(s) URL with a host, got {url!r}")
     if parts.username or parts.password:

@@ -23,10 +23,13 @@ import asyncio
 import base64
 import importlib
 import json
+import logging
 import os
 import threading
 import time
 from urllib.parse import urlencode
+
+log = logging.getLogger("hsops.serving.lambda")
 
 _APP = None
 _LOOP: asyncio.AbstractEventLoop | None = None
@@ -124,7 +127,7 @@ def to_scope(event: dict) -> tuple[dict, bytes]:
 
 
 async def _call(app, scope: dict, body: bytes) -> dict:
-    sent = {"status": 500, "headers": [], "body": bytearray()}
+    sent = {"status": 500, "headers": [], "body": bytearray(), "started": False}
     delivered = False
 
     async def receive():
@@ -137,12 +140,19 @@ async def _call(app, scope: dict, body: bytes) -> dict:
 
     async def send(message):
         if message["type"] == "http.response.start":
+            sent["started"] = True
             sent["status"] = message["status"]
             sent["headers"] = message.get("headers", [])
         elif message["type"] == "http.response.body":
             sent["body"] += message.get("body", b"")
 
-    await app(scope, receive, send)
+    try:
+        await app(scope, receive, send)
+    except Exception:  # noqa: BLE001 - Starlette re-raises after answering 500: the answer stands
+        log.exception("unhandled error in a Lambda invocation")
+        if not sent["started"]:
+            sent.update(status=500, headers=[(b"content-type", b"application/json")], body=bytearray(
+                b'{"error":"internal_error","message":"internal error","details":[],"request_id":null}'))
     return sent
 
 
