@@ -210,44 +210,38 @@ def test_the_app_is_not_built_for_a_malformed_event(handler):
     assert lambda_handler._APP is None  # a cold start is not spent on garbage
 
 
-def test_a_custom_app_factory_is_honoured(registered, monkeypatch, tmp_path):
-    (tmp_path / "custom_lambda_app.py").write_text(
+def call_custom_app(monkeypatch, tmp_path, module: str, route: str) -> dict:
+    """The handler on ``HSOPS_LAMBDA_APP=<module>:make``, an app with one GET ``route``
+    that runs ``ROUTE_BODIES[module]``; one event to ``route``, the proxy response."""
+    (tmp_path / f"{module}.py").write_text(
         "from fastapi import FastAPI\n\n"
         "def make():\n"
         "    app = FastAPI()\n\n"
-        "    @app.get('/who')\n"
-        "    def who():\n"
-        "        return {'app': 'custom'}\n"
+        f"    @app.get('{route}')\n"
+        "    def handle():\n"
+        f"        {ROUTE_BODIES[module]}\n"
         "    return app\n", encoding="utf-8")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setenv("HSOPS_LAMBDA_APP", "custom_lambda_app:make")
+    monkeypatch.setenv("HSOPS_LAMBDA_APP", f"{module}:make")
     lambda_handler.reset()
     try:
-        response = lambda_handler.handler(v2_event("GET", "/who"), None)
+        return lambda_handler.handler(v2_event("GET", route), None)
     finally:
         lambda_handler.reset()
+
+
+ROUTE_BODIES = {"custom_lambda_app": "return {'app': 'custom'}", "failing_lambda_app": "raise RuntimeError('a bug')"}
+
+
+def test_a_custom_app_factory_is_honoured(registered, monkeypatch, tmp_path):
+    response = call_custom_app(monkeypatch, tmp_path, "custom_lambda_app", "/who")
     assert response["statusCode"] == 200 and json.loads(response["body"]) == {"app": "custom"}
 
 
 def test_an_error_inside_the_app_is_a_500_proxy_response_not_a_raise(registered, monkeypatch, tmp_path):
     """Starlette answers 500 and then re-raises; on AWS a raise is an invocation error
     (retried, or lost to the caller), so the handler returns the answer instead."""
-    (tmp_path / "failing_lambda_app.py").write_text(
-        "from fastapi import FastAPI\n\n"
-        "def make():\n"
-        "    app = FastAPI()\n\n"
-        "    @app.get('/boom')\n"
-        "    def boom():\n"
-        "        raise RuntimeError('a bug')\n"
-        "    return app\n", encoding="utf-8")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setenv("HSOPS_LAMBDA_APP", "failing_lambda_app:make")
-    lambda_handler.reset()
-    try:
-        response = lambda_handler.handler(v2_event("GET", "/boom"), None)
-    finally:
-        lambda_handler.reset()
-    assert response["statusCode"] == 500
+    assert call_custom_app(monkeypatch, tmp_path, "failing_lambda_app", "/boom")["statusCode"] == 500
 
 
 def test_a_malformed_callback_url_is_a_422_through_the_handler(handler, registered):
