@@ -229,7 +229,7 @@ def _read_delimited(path: Path, delimiter: str, text_column: str | None,
                 yield RawRow(number, None, None, {"line": reader.line_num}, f"malformed CSV: {exc}")
                 continue
             if not fields or (len(fields) == 1 and not fields[0].strip()):
-                yield RawRow(0, None, None, {}, BLANK_ROW)  # read_table drops or numbers it
+                yield RawRow(0, None, None, {}, BLANK_ROW)  # number_rows drops or numbers it
                 continue
             number += 1
             consumed = lines.consumed
@@ -259,7 +259,7 @@ def _read_jsonl(path: Path, text_column: str | None, label_column: str | None,
         columns: tuple[str, str] | None = None
         for line in stream:
             if not line.strip():
-                yield RawRow(0, None, None, {}, BLANK_ROW)  # read_table drops or numbers it
+                yield RawRow(0, None, None, {}, BLANK_ROW)  # number_rows drops or numbers it
                 continue
             number += 1
             if _has_undecodable(line):
@@ -333,10 +333,12 @@ def read_table(path: str | Path, *, text_column: str | None = None, label_column
         rows = _read_jsonl(path, text_column, label_column, encoding)
     else:
         rows = _read_delimited(path, "\t" if fmt == "tsv" else ",", text_column, label_column, encoding)
-    return _numbered(_guard_compression(path, rows), keep_blank)
+    return number_rows(_guard_compression(path, rows), keep_blank)
 
 
-def _numbered(rows: Iterator[RawRow], keep_blank: bool) -> Iterator[RawRow]:
+def number_rows(rows: Iterator[RawRow], keep_blank: bool) -> Iterator[RawRow]:
+    """Rows numbered from 1; ``BLANK_ROW`` rows dropped, or (``keep_blank``) kept when a
+    row follows them, so trailing blank lines are never rows."""
     number, blanks = 0, 0
     for row in rows:
         if row.problem == BLANK_ROW:

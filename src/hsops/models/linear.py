@@ -244,9 +244,11 @@ class TfidfLinearClassifier(Classifier):
             matrix.eliminate_zeros()
         return matrix.tocsr()
 
-    def _set_weights(self, weights: sparse.spmatrix, bias: np.ndarray) -> None:
+    def _set_weights(self, weights: "sparse.spmatrix | _HybridScorer", bias: np.ndarray) -> None:
+        """The whole matrix (split into a scorer here) or a scorer already split (loaded)."""
         self._weights_by_class = None
-        self._scorer = _HybridScorer(sparse.csr_matrix(weights, dtype=np.float32))
+        self._scorer = (weights if isinstance(weights, _HybridScorer)
+                        else _HybridScorer(sparse.csr_matrix(weights, dtype=np.float32)))
         self.bias_ = np.asarray(bias, dtype=np.float32)
 
     @property
@@ -315,9 +317,7 @@ class TfidfLinearClassifier(Classifier):
             shape = tuple(int(s) for s in f["shape"])
             weights = sparse.csr_matrix((f["data"], f["indices"], f["indptr"]), shape=shape)
             if "dense" in f.files:
-                model._weights_by_class = None
-                model._scorer = _HybridScorer.from_parts(f["dense_features"], f["dense"], weights)
-                model.bias_ = np.asarray(f["bias"], dtype=np.float32)
+                model._set_weights(_HybridScorer.from_parts(f["dense_features"], f["dense"], weights), f["bias"])
             else:  # saved before the scorer's parts were (the whole matrix, compressed)
                 model._set_weights(weights, f["bias"])
         if weights.shape != (model.featurizer_.n_features, len(model.classes_)):

@@ -102,25 +102,24 @@ def read_descriptions(path: Path, *, text_column: str | None, max_rows: int,
 def _read_lines(path: Path) -> Iterator[tuple[int, str | None, str | None]]:
     import gzip
 
-    from hsops.data.readers import BLANK_ROW
+    from hsops.data.readers import BLANK_ROW, RawRow, number_rows
 
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    try:
+    def lines():
         with opener(path, "rb") as f:
-            number, blanks = 0, 0
             for raw in f:
                 line = raw.rstrip(b"\r\n")
                 if not line.strip():
-                    blanks += 1  # a row only if a line follows: trailing blank lines are not rows
+                    yield RawRow(0, None, None, {}, BLANK_ROW)
                     continue
-                for _ in range(blanks):
-                    number += 1
-                    yield number, None, BLANK_ROW
-                blanks, number = 0, number + 1
                 try:
-                    yield number, line.decode("utf-8"), None
+                    yield RawRow(0, line.decode("utf-8"), None, {})
                 except UnicodeDecodeError:
-                    yield number, line.decode("utf-8", "replace"), "row has bytes that are not valid UTF-8"
+                    yield RawRow(0, line.decode("utf-8", "replace"), None, {}, "row has bytes that are not valid UTF-8")
+
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        for row in number_rows(lines(), keep_blank=True):
+            yield row.number, row.text, row.problem
     except (OSError, EOFError) as exc:
         raise JobError(f"{path.name}: cannot read the file ({exc})") from exc
 

@@ -10,6 +10,7 @@ opening a fresh file do not both migrate it.
 from __future__ import annotations
 
 import json
+import unicodedata
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -82,6 +83,21 @@ MIGRATIONS: list[tuple[str, ...]] = [
 _PREDICTION_COLUMNS = ("request_id", "batch_id", "created_at", "text", "hs_code", "confidence",
                        "abstain", "model_version", "alternatives")
 _REQUIRED = ("request_id", "text", "hs_code", "confidence", "abstain", "model_version")
+
+
+KEY_NAME_MAX = 64
+_KEY_NAME_PUNCTUATION = frozenset(" ._-@")
+
+
+def check_key_name(name) -> str:
+    """The name as stored: 1 to 64 letters, digits, spaces and ``. _ - @``; ValueError
+    otherwise. It is shown in ``keys list`` and in logs, where a newline or a control
+    character would break the table and forge lines, so it is refused, not cleaned."""
+    name = unicodedata.normalize("NFC", str(name)).strip()  # "é" typed as e + accent is one letter
+    if not 1 <= len(name) <= KEY_NAME_MAX or not all(c.isalnum() or c in _KEY_NAME_PUNCTUATION for c in name):
+        raise ValueError(f"a key name is 1 to {KEY_NAME_MAX} characters: letters, digits, spaces and . _ - @; "
+                         f"got {name!r}")
+    return name
 
 
 def _now() -> str:
@@ -171,11 +187,7 @@ class StateStore:
         """Create a key; ``(plain key, record)``. The plain key is not kept anywhere."""
         from hsops.serving.auth import KeyRecord, check_scopes, new_key
 
-        name = str(name).strip()
-        if not name or len(name) > 100:
-            raise ValueError("a key needs a name of 1 to 100 characters")
-        if not name.isprintable():  # a newline or escape would forge lines in listings and logs
-            raise ValueError("a key name must not contain control characters")
+        name = check_key_name(name)
         scopes = check_scopes(scopes)
         plain, key_id, secret_hash = new_key()
         record = KeyRecord(key_id, name, secret_hash, scopes, _now())
